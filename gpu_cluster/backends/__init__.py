@@ -1,0 +1,59 @@
+"""Clustering backends behind one signature.
+
+Each backend module defines ``NAME``, ``DEVICE`` ('cpu' or 'gpu') and
+
+    fit(x, params: HdbscanParams) -> Labels
+
+where ``x`` is an ``(n, d)`` float32 array with L2-normalised rows (NumPy for a CPU
+backend, CuPy for a GPU one). Modules are imported lazily, so a CPU install never
+touches cuML.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+
+from ..errors import ParameterError
+
+NOISE = -1
+
+# algorithm name -> module, per device.
+MODULES = {
+    ("cpu", "reference"): "gpu_cluster.backends.reference",
+}
+DEFAULT_ALGORITHM = {"cpu": "reference"}
+
+
+@dataclass
+class Labels:
+    """HDBSCAN output for n points.
+
+    labels: (n,) int64, cluster ids 0..k-1, ``NOISE`` (-1) for outliers.
+    probabilities: (n,) float64 membership strengths in [0, 1] (0 for noise).
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    details: dict
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.labels.max()) + 1 if self.labels.size else 0
+
+    @property
+    def n_noise(self) -> int:
+        return int((self.labels == NOISE).sum())
+
+
+def load_backend(device: str, algorithm: str | None = None) -> ModuleType:
+    """Import the backend module for ``device`` and ``algorithm`` (None: the default)."""
+    name = algorithm or DEFAULT_ALGORITHM.get(device)
+    key = (device, name)
+    if key not in MODULES:
+        known = ", ".join(sorted(a for d, a in MODULES if d == device)) or "none"
+        raise ParameterError(f"no algorithm {name!r} on the {device}; available: {known}")
+    return importlib.import_module(MODULES[key])

@@ -1,0 +1,67 @@
+"""Reference CPU backend: scikit-learn's HDBSCAN on the dense vectors.
+
+Exact and slow (O(n^2)); the yardstick every other backend is compared with.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import EnvironmentProblem
+from ..params import HdbscanParams
+from . import Labels
+
+NAME = "reference"
+DEVICE = "cpu"
+
+
+def check_numpy_compatible(params: HdbscanParams) -> None:
+    """Refuse the scikit-learn + NumPy >= 2.4 combination that crashes with epsilon > 0.
+
+    scikit-learn issue #33219: ``HDBSCAN.fit`` raises "only 0-dimensional arrays can be
+    converted to Python scalars" when distances tie (duplicate vectors) and
+    ``cluster_selection_epsilon > 0``. The package pins ``numpy<2.4``; this guards an
+    environment that overrode the pin.
+    """
+    major, minor = (int(p) for p in np.__version__.split(".")[:2])
+    if (major, minor) >= (2, 4) and params.cluster_selection_epsilon > 0:
+        raise EnvironmentProblem(
+            f"NumPy {np.__version__} with scikit-learn's HDBSCAN fails on duplicate vectors "
+            "when epsilon > 0 (scikit-learn issue #33219); install 'numpy<2.4'"
+        )
+
+
+def fit(x: np.ndarray, params: HdbscanParams) -> Labels:
+    """Cluster the rows of ``x`` ((n, d) float32, normalised) with scikit-learn."""
+    import sklearn
+    from sklearn.cluster import HDBSCAN
+
+    check_numpy_compatible(params)
+    model = HDBSCAN(
+        min_cluster_size=params.min_cluster_size,
+        min_samples=params.min_samples,
+        cluster_selection_epsilon=params.cluster_selection_epsilon,
+        allow_single_cluster=params.allow_single_cluster,
+        metric=params.metric,
+        copy=True,
+    )
+    model.fit(x)
+    return Labels(
+        labels=model.labels_.astype(np.int64),
+        probabilities=model.probabilities_.astype(np.float64),
+        details={"library": f"scikit-learn {sklearn.__version__}"},
+    )
+
+
+# Measured on this project's 2-core machine: ~11 s at n = 5,000 (768-d), growing as
+# n^2.1 (cpu_facts); real sentence vectors run up to ~2x slower than this.
+_SECONDS_AT_5K = 11.0
+_EXPONENT = 2.1
+
+
+def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
+    """Rough (seconds, peak extra host bytes) of one fit of n x dim vectors."""
+    seconds = _SECONDS_AT_5K * (n / 5000) ** _EXPONENT * (dim / 768)
+    # float64 copy of the data + neighbour/core-distance arrays + spanning tree.
+    bytes_ = 8 * n * dim + 16 * n * params.min_samples + 64 * n
+    return seconds, int(bytes_)

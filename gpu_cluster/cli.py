@@ -1,0 +1,224 @@
+"""``gpu-cluster``: a thin command line over the library.
+
+Each command parses options, calls one library function and prints. Expected failures
+(:class:`GpuClusterError`) become one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import click
+
+from . import __version__
+from . import params as P
+from .errors import GpuClusterError
+from .progress import DEFAULT_HEARTBEAT_S, Reporter, RichReporter, format_bytes, format_seconds
+
+log = logging.getLogger("gpu_cluster")
+
+
+class Cli(click.Group):
+    """Renders domain errors as one line instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except GpuClusterError as exc:
+            click.echo(f"gpu-cluster: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("gpu-cluster: interrupted", err=True)
+            sys.exit(130)
+
+
+def interrupt_on_sigterm(signum, frame):
+    """Turn SIGTERM into KeyboardInterrupt: open transactions roll back on the way out."""
+    log.error("received SIGTERM: stopping; the current model's results are not written")
+    raise KeyboardInterrupt
+
+
+def setup_output(heartbeat_s: float) -> Reporter:
+    """Rich bars and log on a terminal; timestamped plain lines otherwise (nohup)."""
+    root = logging.getLogger("gpu_cluster")
+    root.handlers.clear()
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.logging import RichHandler
+
+        console = Console(stderr=True)
+        root.addHandler(RichHandler(console=console, show_path=False))
+        return RichReporter(console)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root.addHandler(handler)
+    return Reporter(heartbeat_s)
+
+
+def requested_params(epsilon, min_cluster_size, min_samples) -> P.RequestedParams:
+    return P.RequestedParams(epsilon=epsilon, min_cluster_size=min_cluster_size, min_samples=min_samples)
+
+
+def param_options(f):
+    """Options shared by ``cluster`` and ``plan``."""
+    opts = [
+        click.option("--downsample", "-d", default=1, show_default=True, type=int,
+                     help="Keep every N-th embedding-bearing position of each run."),
+        click.option("--model", "-m", "models", multiple=True,
+                     help="Embedding model to cluster (repeatable; default: all)."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
+                     show_default=True, help="auto uses a GPU when one is usable."),
+        click.option("--algorithm", default=None,
+                     help="Backend algorithm (default: the device's default; 'reference' "
+                          "is scikit-learn's exact HDBSCAN)."),
+        click.option("--epsilon", default=P.DEFAULT_EPSILON, show_default=True, type=float,
+                     help="cluster_selection_epsilon (distance on unit vectors)."),
+        click.option("--min-cluster-size", default=None, type=int,
+                     help="Default: max(2, int(0.001 * n))."),
+        click.option("--min-samples", default=None, type=int,
+                     help="Counts the point itself, as scikit-learn does. Default: min-cluster-size."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+@click.group(cls=Cli)
+@click.version_option(__version__, prog_name="gpu-cluster")
+def main():
+    """HDBSCAN clusters of panic-tda embeddings, stored back in the same database.
+
+    DB is a SQLite file path or any SQLAlchemy URL.
+    """
+
+
+@main.command("demo-db")
+@click.argument("path")
+@click.option("--text-invocations", default=30_000, show_default=True, type=int)
+@click.option("--dim", default=768, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+def demo_db(path, text_invocations, dim, seed):
+    """Write a panic-tda-shaped demo database to PATH (which must not exist)."""
+    from .demo import DemoSpec, make_demo_db
+
+    counts = make_demo_db(path, DemoSpec(text_invocations=text_invocations, dim=dim, seed=seed))
+    click.echo(f"wrote {path}: {counts['runs']} runs, {counts['invocations']} invocations, "
+               f"{counts['embeddings']} embeddings")
+
+
+@main.command()
+@click.argument("db")
+@param_options
+@click.option("--batch-size", default=P.DEFAULT_BATCH_SIZE, show_default=True, type=int,
+              help="Rows per SQL fetch while reading vectors.")
+@click.option("--replace", is_flag=True, help="Delete each model's earlier results (same transaction).")
+@click.option("--heartbeat", default=DEFAULT_HEARTBEAT_S, show_default=True, type=float,
+              help="Seconds between progress lines when output is not a terminal.")
+def cluster(db, downsample, models, device, algorithm, epsilon, min_cluster_size,
+            min_samples, batch_size, replace, heartbeat):
+    """Cluster each embedding model of DB and store one result per model."""
+    from .pipeline import RunOptions, cluster_database
+
+    options = RunOptions(
+        downsample=downsample, models=tuple(models), device=device, algorithm=algorithm,
+        requested=requested_params(epsilon, min_cluster_size, min_samples),
+        batch_size=batch_size, replace=replace,
+    )
+    reporter = setup_output(heartbeat)
+    signal.signal(signal.SIGTERM, interrupt_on_sigterm)
+    summary = cluster_database(db, options, reporter)
+    for o in summary.outcomes:
+        if o.status == "clustered":
+            click.echo(f"{o.model}: clustered n={o.n} clusters={o.n_clusters} "
+                       f"noise={100 * o.n_noise / max(o.n, 1):.1f}% result={o.result_id} "
+                       f"in {format_seconds(sum(o.seconds.values()))}")
+        else:
+            click.echo(f"{o.model}: {o.status}: {o.reason}")
+    click.echo(f"done: {summary.count('clustered')} clustered, {summary.count('skipped')} "
+               f"skipped, {summary.count('failed')} failed")
+    sys.exit(0 if summary.ok else 1)
+
+
+@main.command()
+@click.argument("db")
+@param_options
+def plan(db, downsample, models, device, algorithm, epsilon, min_cluster_size, min_samples):
+    """Show what `cluster` would do per model; counts only, writes nothing."""
+    from .pipeline import plan_database
+
+    plans = plan_database(db, downsample=downsample, models=tuple(models), device=device,
+                          algorithm=algorithm,
+                          requested=requested_params(epsilon, min_cluster_size, min_samples))
+    for p in plans:
+        s = p.selection
+        click.echo(f"{p.model}: embeddings={s.survey.total} selected={s.expected_rows} dim={s.dim}")
+        click.echo(f"  rule: {s.rule}")
+        if s.wrong_length or s.null_vectors or s.survey.orphans:
+            click.echo(f"  skipped rows: wrong_length={s.wrong_length} null={s.null_vectors} "
+                       f"no_invocation={s.survey.orphans}")
+        if p.skip_reason:
+            click.echo(f"  would skip: {p.skip_reason}")
+            continue
+        pr = p.params
+        click.echo(f"  params: min_cluster_size={pr.min_cluster_size} min_samples={pr.min_samples} "
+                   f"epsilon={pr.cluster_selection_epsilon} allow_single_cluster={pr.allow_single_cluster}")
+        click.echo(f"  estimate: peak host memory {format_bytes(p.host_bytes)}, read "
+                   f"~{format_seconds(p.read_seconds)}, cluster ~{format_seconds(p.fit_seconds)}")
+
+
+def result_line(r) -> str:
+    eps = r.parameters.get("cluster_selection_epsilon")
+    mcs = r.parameters.get("min_cluster_size", "?")
+    ms = r.parameters.get("min_samples", "?")
+    ds = r.parameters.get("downsample", "?")
+    return (f"{r.id}  {r.model:<14} {r.created_at:%Y-%m-%d %H:%M:%S}  n={r.n:<8} "
+            f"clusters={r.n_clusters:<5} noise={100 * r.noise_fraction:5.1f}%  "
+            f"eps={eps} mcs={mcs} ms={ms} downsample={ds} backend={r.parameters.get('backend', '?')}")
+
+
+@main.command("list")
+@click.argument("db")
+@click.option("--model", "-m", default=None, help="Only this model's results.")
+def list_cmd(db, model):
+    """List every stored clustering result, oldest first."""
+    from .database import open_database
+    from .results import list_results
+
+    results = list_results(open_database(db), model)
+    for r in results:
+        click.echo(result_line(r))
+    click.echo(f"{len(results)} result(s)")
+
+
+@main.command()
+@click.argument("db")
+def status(db):
+    """Show the latest stored result of each model."""
+    from .database import open_database
+    from .results import latest_results
+
+    latest = latest_results(open_database(db))
+    for r in latest.values():
+        click.echo(result_line(r))
+    if not latest:
+        click.echo("no clustering results stored")
+
+
+@main.command()
+@click.argument("db")
+@click.option("--model", "-m", default=None, help="Delete all of this model's results.")
+@click.option("--result", "result_id", default=None, help="Delete this one result (id).")
+@click.option("--yes", is_flag=True, help="Really delete (required).")
+def delete(db, model, result_id, yes):
+    """Delete stored results (with their embeddingcluster rows)."""
+    from .database import open_database
+    from .results import delete_results
+
+    if not yes:
+        raise click.UsageError("refusing to delete without --yes")
+    n = delete_results(open_database(db, write=True), model=model, result_id=result_id)
+    click.echo(f"deleted {n} clustering result(s)")

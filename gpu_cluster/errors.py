@@ -1,0 +1,50 @@
+"""Domain exceptions.
+
+The library raises these; the CLI renders each as one line and a non-zero exit.
+Anything else reaching the CLI is a bug and keeps its traceback.
+"""
+
+
+class GpuClusterError(Exception):
+    """Base class for every expected failure of gpu_cluster."""
+
+    exit_code = 1
+
+
+class DatabaseError(GpuClusterError):
+    """The database cannot be opened, read or written."""
+
+    exit_code = 2
+
+
+class SchemaError(DatabaseError):
+    """The database lacks panic-tda's tables or columns."""
+
+
+class ParameterError(GpuClusterError):
+    """A user-supplied option is out of its allowed range."""
+
+    exit_code = 3
+
+
+class NoGpuError(GpuClusterError):
+    """A GPU was asked for but cannot be used here."""
+
+    exit_code = 4
+
+
+class EnvironmentProblem(GpuClusterError):
+    """The installed libraries are a combination known to fail."""
+
+    exit_code = 5
+
+
+class ModelSkipped(GpuClusterError):
+    """One model cannot be clustered; the run goes on with the next one.
+
+    ``reason`` is a short human sentence that is logged and counted.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason

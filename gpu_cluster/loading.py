@@ -1,0 +1,120 @@
+"""Stream the selected vectors from SQL into one preallocated float32 array.
+
+Rows arrive in batches (server-side streaming where the driver has it); each batch is
+decoded with one ``frombuffer`` call, checked, and copied into its slot of the output.
+Only the embedding id and the vector are selected, so image blobs are never read, and
+no per-row Python object outlives its batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from types import ModuleType
+
+import numpy as np
+import sqlalchemy as sa
+
+from .progress import Stage
+from .schema import embedding
+from .selection import Selection
+
+log = logging.getLogger("gpu_cluster")
+
+ID_DTYPE = "S32"  # 32 lowercase hex digits: panic-tda's id storage form
+
+
+@dataclass
+class LoadedVectors:
+    """The usable rows of one selection.
+
+    vectors: (n, d) float32, NumPy or CuPy, rows in read order.
+    ids: (n,) ``S32`` embedding ids (hex, no dashes), aligned with ``vectors``.
+    skipped: rows dropped while reading, by reason.
+    """
+
+    model: str
+    vectors: object
+    ids: np.ndarray
+    skipped: Counter = field(default_factory=Counter)
+
+    @property
+    def n(self) -> int:
+        return int(self.ids.shape[0])
+
+
+def decode_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
+    """(k, dim) float32 view of k little-endian float32 blobs of ``4*dim`` bytes each."""
+    return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim)
+
+
+def usable_rows(block: np.ndarray) -> tuple[np.ndarray, Counter]:
+    """Mask of rows that are finite and not all-zero, with counts of the others.
+
+    A zero vector cannot be L2-normalised; NaN/inf poison every distance.
+    """
+    finite = np.isfinite(block).all(axis=1)
+    nonzero = np.any(block != 0, axis=1)
+    bad = Counter({"non_finite": int((~finite).sum()), "zero_vector": int((finite & ~nonzero).sum())})
+    return finite & nonzero, +bad
+
+
+def hex_ids(ids: list[str]) -> np.ndarray:
+    """``S32`` array of ids given as dashed or plain hex UUID strings."""
+    return np.array([i.replace("-", "") for i in ids], dtype=ID_DTYPE)
+
+
+def selection_query(sel: Selection) -> sa.Select:
+    return sa.select(embedding.c.id, embedding.c.vector).select_from(sel.from_clause()).where(
+        sel.where_clause()
+    )
+
+
+def load_vectors(
+    conn: sa.Connection, sel: Selection, *, batch_size: int, xp: ModuleType = np,
+    stage: Stage | None = None,
+) -> LoadedVectors:
+    """Read ``sel`` into a preallocated ``(expected_rows, dim)`` float32 ``xp`` array.
+
+    Rows that are non-finite or all-zero are dropped and counted. If the database grew
+    between the survey and this read, extra rows are ignored and counted.
+    """
+    n, dim = sel.expected_rows, sel.dim
+    out = xp.empty((n, dim), dtype=xp.float32)
+    ids = np.empty(n, dtype=ID_DTYPE)
+    skipped: Counter = Counter()
+    pos = 0
+    result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(
+        selection_query(sel)
+    )
+    for part in result.partitions(batch_size):
+        if pos + len(part) > n:
+            skipped["arrived_after_survey"] += pos + len(part) - n
+            part = part[: n - pos]
+        block = decode_blobs([row[1] for row in part], dim)
+        keep, bad = usable_rows(block)
+        skipped.update(bad)
+        good = int(keep.sum())
+        out[pos : pos + good] = xp.asarray(block[keep])
+        ids[pos : pos + good] = hex_ids([row[0] for row, k in zip(part, keep) if k])
+        pos += good
+        if stage is not None:
+            stage.advance(len(part))
+    if skipped:
+        log.warning("%s: skipped rows while reading: %s", sel.model, dict(skipped))
+    return LoadedVectors(sel.model, out[:pos], ids[:pos], skipped)
+
+
+def normalise_rows(x, *, block_rows: int = 65_536) -> None:
+    """L2-normalise the rows of a float32 ``(n, d)`` NumPy/CuPy array in place, in blocks.
+
+    Rows must be non-zero (``load_vectors`` drops zero rows).
+    """
+    from .device import array_module
+
+    xp = array_module(x)
+    for start in range(0, x.shape[0], block_rows):
+        blk = x[start : start + block_rows]
+        norms = xp.sqrt(xp.einsum("ij,ij->i", blk, blk, dtype=xp.float64))
+        blk /= norms[:, None].astype(xp.float32)

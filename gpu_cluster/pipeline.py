@@ -1,0 +1,222 @@
+"""The run: for each embedding model, select -> load -> normalise -> cluster -> medoids -> write.
+
+``cluster_database`` is what ``gpu-cluster cluster`` calls. Each model is independent:
+a model with too few vectors is skipped with its reason, a model whose fit fails is
+recorded as failed, and the run goes on. Nothing is written for a model until its
+clustering and medoids are complete, and then in one short transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from types import ModuleType
+
+import sqlalchemy as sa
+
+from . import __version__
+from . import params as P
+from .backends import Labels, load_backend
+from .database import open_database
+from .device import Device, resolve_device, to_host
+from .errors import ModelSkipped
+from .loading import LoadedVectors, load_vectors, normalise_rows
+from .medoids import medoid_indices
+from .planner import ModelPlan, plan_model
+from .progress import Reporter, format_seconds
+from .selection import ModelSurvey, survey_embeddings
+from .writer import ResultToWrite, write_result
+
+log = logging.getLogger("gpu_cluster")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options of one ``cluster`` run (validated on construction)."""
+
+    downsample: int = 1
+    models: tuple[str, ...] = ()
+    device: str = "auto"
+    algorithm: str | None = None
+    requested: P.RequestedParams = field(default_factory=P.RequestedParams)
+    batch_size: int = P.DEFAULT_BATCH_SIZE
+    replace: bool = False
+
+    def __post_init__(self):
+        P.validate(downsample=self.downsample, batch_size=self.batch_size)
+
+
+@dataclass
+class ModelOutcome:
+    """What happened to one model: status is 'clustered', 'skipped' or 'failed'."""
+
+    model: str
+    status: str
+    reason: str = ""
+    n: int = 0
+    n_clusters: int = 0
+    n_noise: int = 0
+    result_id: str | None = None
+    seconds: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    outcomes: list[ModelOutcome]
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def ok(self) -> bool:
+        return self.count("failed") == 0
+
+
+def library_versions() -> dict:
+    import numpy
+    import sklearn
+
+    return {"gpu_cluster": __version__, "numpy": numpy.__version__,
+            "scikit-learn": sklearn.__version__, "sqlalchemy": sa.__version__,
+            "python": platform.python_version()}
+
+
+def survey(engine: sa.Engine, models: tuple[str, ...], reporter: Reporter) -> dict[str, ModelSurvey]:
+    """Count every model's embeddings by layout (one grouped query)."""
+    with reporter.stage("survey", unit="queries"), engine.connect() as conn:
+        return survey_embeddings(conn, list(models) or None)
+
+
+def cluster_database(db: str, options: RunOptions, reporter: Reporter | None = None) -> RunSummary:
+    """Cluster every (or each requested) embedding model of ``db`` and store the results."""
+    reporter = reporter or Reporter()
+    engine = open_database(db, write=True)
+    try:
+        device = resolve_device(options.device)
+        backend = load_backend(device.kind, options.algorithm)
+        log.info("device: %s (%s); backend: %s", device.kind, device.why, backend.NAME)
+        surveys = survey(engine, options.models, reporter)
+        outcomes = []
+        for i, (model, s) in enumerate(surveys.items(), 1):
+            log.info("model %d/%d: %s", i, len(surveys), model)
+            outcomes.append(cluster_model(engine, s, options, device, backend, reporter))
+            log_outcome(outcomes[-1])
+        return RunSummary(outcomes)
+    finally:
+        engine.dispose()
+
+
+def log_outcome(o: ModelOutcome) -> None:
+    if o.status == "clustered":
+        log.info("%s: clustered n=%d into %d clusters, %.1f%% noise, result %s (%s)", o.model,
+                 o.n, o.n_clusters, 100 * o.n_noise / max(o.n, 1), o.result_id,
+                 ", ".join(f"{k} {format_seconds(v)}" for k, v in o.seconds.items()))
+    else:
+        log.warning("%s: %s: %s", o.model, o.status.upper(), o.reason)
+
+
+def cluster_model(
+    engine: sa.Engine, survey: ModelSurvey, options: RunOptions, device: Device,
+    backend: ModuleType, reporter: Reporter,
+) -> ModelOutcome:
+    """Run one model through every stage; never raises for a skip or a failed fit."""
+    plan = plan_model(survey, options.downsample, options.requested, backend)
+    sel = plan.selection
+    log.info("%s: %d embeddings, %d selected (%s); skipped at selection: %d wrong length, "
+             "%d NULL, %d without invocation", survey.model, survey.total, sel.expected_rows,
+             sel.rule, sel.wrong_length, sel.null_vectors, survey.orphans)
+    seconds: dict[str, float] = {}
+    try:
+        if plan.skip_reason:
+            raise ModelSkipped(plan.skip_reason)
+        loaded = timed(seconds, "read", lambda: read_model(engine, plan, options, device, reporter))
+        params = P.resolve(options.requested, loaded.n)
+        if reason := P.too_few_reason(loaded.n, params):
+            raise ModelSkipped(reason)
+        timed(seconds, "normalise", lambda: normalise_rows(loaded.vectors))
+        labels = timed(seconds, "cluster", lambda: fit(backend, loaded, params, plan, reporter))
+        medoids = timed(seconds, "medoids", lambda: find_medoids(loaded, labels, reporter))
+    except ModelSkipped as skip:
+        return ModelOutcome(survey.model, "skipped", skip.reason, seconds=seconds)
+    except (MemoryError, RuntimeError, ValueError) as exc:
+        log.exception("%s: clustering failed", survey.model)
+        return ModelOutcome(survey.model, "failed", f"{type(exc).__name__}: {exc}", seconds=seconds)
+    parameters = stored_parameters(plan, params, loaded, labels, device, backend, seconds)
+    result = ResultToWrite(survey.model, loaded.ids, labels.labels, medoids, parameters)
+    with reporter.stage(f"{survey.model}: write", total=loaded.n) as st:
+        start = time.perf_counter()
+        result_id = write_result(engine, result, replace=options.replace, stage=st)
+        seconds["write"] = time.perf_counter() - start
+    return ModelOutcome(survey.model, "clustered", "", loaded.n, labels.n_clusters,
+                        labels.n_noise, result_id, seconds)
+
+
+def timed(seconds: dict, name: str, work):
+    start = time.perf_counter()
+    try:
+        return work()
+    finally:
+        seconds[name] = time.perf_counter() - start
+
+
+def read_model(engine, plan: ModelPlan, options: RunOptions, device: Device, reporter) -> LoadedVectors:
+    sel = plan.selection
+    with reporter.stage(f"{sel.model}: read", total=sel.expected_rows) as st:
+        with engine.connect() as conn, conn.begin():  # one snapshot, released after the read
+            return load_vectors(conn, sel, batch_size=options.batch_size, xp=device.xp, stage=st)
+
+
+def fit(backend, loaded: LoadedVectors, params: P.HdbscanParams, plan: ModelPlan, reporter) -> Labels:
+    estimate_s, _ = backend.estimate(loaded.n, plan.selection.dim, params)
+    with reporter.stage(f"{plan.model}: cluster", unit="fit", estimate_s=estimate_s):
+        return backend.fit(loaded.vectors, params)
+
+
+def find_medoids(loaded: LoadedVectors, labels: Labels, reporter):
+    with reporter.stage(f"{loaded.model}: medoids", total=labels.n_clusters, unit="clusters"):
+        return medoid_indices(loaded.vectors, to_host(labels.labels), to_host(labels.probabilities))
+
+
+def stored_parameters(plan, params, loaded, labels, device, backend, seconds) -> dict:
+    """The ``parameters`` JSON: enough to reproduce and judge the run."""
+    sel = plan.selection
+    return {
+        **params.as_dict(),
+        "normalised": True,
+        "downsample": sel.factor,
+        "selection_rule": sel.rule,
+        "embeddings_total": sel.survey.total,
+        "selected": sel.expected_rows,
+        "skipped_rows": {"wrong_length": sel.wrong_length, "null_vector": sel.null_vectors,
+                         **dict(loaded.skipped)},
+        "n": loaded.n,
+        "dim": sel.dim,
+        "n_clusters": labels.n_clusters,
+        "n_noise": labels.n_noise,
+        "backend": backend.NAME,
+        "device": device.kind,
+        "device_choice": device.why,
+        "backend_details": labels.details,
+        "versions": library_versions(),
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+    }
+
+
+def plan_database(
+    db: str, *, downsample: int = 1, models: tuple[str, ...] = (), device: str = "auto",
+    algorithm: str | None = None, requested: P.RequestedParams | None = None,
+) -> list[ModelPlan]:
+    """Plan every (or each requested) model of ``db``; reads counts only, writes nothing."""
+    P.validate(downsample=downsample)
+    requested = requested or P.RequestedParams()
+    engine = open_database(db, write=False)
+    try:
+        backend = load_backend(resolve_device(device).kind, algorithm)
+        with engine.connect() as conn:
+            surveys = survey_embeddings(conn, list(models) or None)
+        return [plan_model(s, downsample, requested, backend) for s in surveys.values()]
+    finally:
+        engine.dispose()

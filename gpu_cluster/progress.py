@@ -1,0 +1,152 @@
+"""Progress reporting: one interface, a log-line implementation and a rich one.
+
+The library reports through a :class:`Reporter`; it never prints. Under ``nohup`` (output
+not a terminal) :class:`LogReporter` writes timestamped log lines and a heartbeat at a
+fixed interval in every stage — counts, rate and ETA when the stage has a total, elapsed
+time and the planner's estimate when it has none (an HDBSCAN fit). On a terminal the CLI
+uses :class:`RichReporter`, which draws bars and still logs stage starts and ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+log = logging.getLogger("gpu_cluster")
+
+DEFAULT_HEARTBEAT_S = 10.0
+
+
+def format_seconds(seconds: float) -> str:
+    """'1h02m03s' / '2m05s' / '4.2s' — compact, for log lines."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, sec = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{sec:02d}s"
+
+
+def format_bytes(n: float) -> str:
+    """'512 B' / '3.4 MiB' / '12.0 GiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+class Stage:
+    """A running stage: call :meth:`advance` as work completes."""
+
+    def __init__(self, name: str, total: int | None, unit: str, estimate_s: float | None):
+        self.name, self.total, self.unit, self.estimate_s = name, total, unit, estimate_s
+        self.done = 0
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def advance(self, count: int = 1) -> None:
+        with self._lock:
+            self.done += count
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def status_line(self) -> str:
+        """One heartbeat line: counts, rate and ETA, or elapsed against an estimate."""
+        elapsed = self.elapsed
+        if self.total:
+            rate = self.done / elapsed if elapsed > 0 else 0.0
+            pct = 100.0 * self.done / self.total
+            eta = (self.total - self.done) / rate if rate > 0 else None
+            eta_text = format_seconds(eta) if eta is not None else "unknown"
+            return (
+                f"{self.name}: {self.done:,}/{self.total:,} {self.unit} ({pct:.1f}%), "
+                f"{rate:,.0f} {self.unit}/s, elapsed {format_seconds(elapsed)}, ETA {eta_text}"
+            )
+        estimate = (
+            f" of ~{format_seconds(self.estimate_s)} estimated" if self.estimate_s else ""
+        )
+        return f"{self.name}: still running, elapsed {format_seconds(elapsed)}{estimate}"
+
+
+class Reporter:
+    """Base reporter: logs each stage's start and end, and heartbeats in between."""
+
+    def __init__(self, heartbeat_s: float = DEFAULT_HEARTBEAT_S):
+        self.heartbeat_s = heartbeat_s
+
+    @contextmanager
+    def stage(
+        self, name: str, total: int | None = None, unit: str = "rows",
+        estimate_s: float | None = None,
+    ) -> Iterator[Stage]:
+        st = Stage(name, total, unit, estimate_s)
+        size = f" ({total:,} {unit})" if total else ""
+        log.info("%s: started%s", name, size)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(st, stop), daemon=True)
+        beat.start()
+        self._open(st)
+        try:
+            yield st
+        finally:
+            stop.set()
+            beat.join()
+            self._close(st)
+        log.info("%s: finished in %s", name, format_seconds(st.elapsed))
+
+    def _beat(self, st: Stage, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_s):
+            self._heartbeat(st)
+
+    def _heartbeat(self, st: Stage) -> None:
+        log.info("%s", st.status_line())
+
+    def _open(self, st: Stage) -> None:
+        pass
+
+    def _close(self, st: Stage) -> None:
+        pass
+
+
+LogReporter = Reporter
+
+
+class RichReporter(Reporter):
+    """Draws a rich progress bar per stage on a terminal; heartbeats refresh the bar."""
+
+    def __init__(self, console, heartbeat_s: float = 0.5):
+        super().__init__(heartbeat_s)
+        from rich.progress import (
+            BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+            TimeElapsedColumn, TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        )
+        self._tasks: dict[int, int] = {}
+
+    def _open(self, st: Stage) -> None:
+        if not self._tasks:
+            self._progress.start()
+        self._tasks[id(st)] = self._progress.add_task(st.name, total=st.total, rate="")
+
+    def _heartbeat(self, st: Stage) -> None:
+        rate = st.done / st.elapsed if st.elapsed > 0 and st.total else 0
+        text = f"{rate:,.0f} {st.unit}/s" if st.total else ""
+        self._progress.update(self._tasks[id(st)], completed=st.done, rate=text)
+
+    def _close(self, st: Stage) -> None:
+        task = self._tasks.pop(id(st))
+        self._progress.update(task, completed=st.total or st.done, total=st.total or st.done)
+        if not self._tasks:
+            self._progress.stop()

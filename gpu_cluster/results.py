@@ -1,0 +1,83 @@
+"""Reading and deleting stored clustering results (``list``, ``status``, ``delete``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from .backends import NOISE
+from .database import write_connection
+from .errors import ParameterError
+from .schema import clusteringresult, embeddingcluster
+from .writer import delete_model_results
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """One clusteringresult row with its membership counts."""
+
+    id: str
+    model: str
+    created_at: dt.datetime
+    algorithm: str
+    n: int
+    noise: int
+    n_clusters: int
+    parameters: dict
+
+    @property
+    def noise_fraction(self) -> float:
+        return self.noise / self.n if self.n else 0.0
+
+
+def membership_counts(conn: sa.Connection) -> dict[str, tuple[int, int]]:
+    """clustering_result_id (hex) -> (members, noise members)."""
+    noise = sa.func.sum(sa.case((embeddingcluster.c.cluster_id == NOISE, 1), else_=0))
+    query = sa.select(
+        embeddingcluster.c.clustering_result_id, sa.func.count(), noise
+    ).group_by(embeddingcluster.c.clustering_result_id)
+    return {rid.replace("-", ""): (n, int(z or 0)) for rid, n, z in conn.execute(query)}
+
+
+def list_results(engine: sa.Engine, model: str | None = None) -> list[StoredResult]:
+    """Every stored result (optionally one model's), oldest first."""
+    query = sa.select(clusteringresult).order_by(clusteringresult.c.created_at)
+    if model is not None:
+        query = query.where(clusteringresult.c.embedding_model == model)
+    with engine.connect() as conn:
+        counts = membership_counts(conn)
+        rows = conn.execute(query).mappings().all()
+    out = []
+    for row in rows:
+        rid = row["id"].replace("-", "")
+        n, noise = counts.get(rid, (0, 0))
+        clusters = row["clusters"] or []
+        out.append(StoredResult(rid, row["embedding_model"], row["created_at"],
+                                row["algorithm"], n, noise, len(clusters),
+                                dict(row["parameters"] or {})))
+    return out
+
+
+def latest_results(engine: sa.Engine) -> dict[str, StoredResult]:
+    """The newest result of each model, keyed by model name."""
+    latest: dict[str, StoredResult] = {}
+    for res in list_results(engine):
+        latest[res.model] = res  # ordered oldest first: the last one wins
+    return latest
+
+
+def delete_results(engine: sa.Engine, *, model: str | None = None, result_id: str | None = None) -> int:
+    """Delete one result (by id) or all of a model's, with their memberships; returns count."""
+    if (model is None) == (result_id is None):
+        raise ParameterError("delete needs exactly one of --model or --result")
+    with write_connection(engine) as conn, conn.begin():
+        if model is not None:
+            return delete_model_results(conn, model)
+        rid = result_id.replace("-", "").lower()
+        conn.execute(sa.delete(embeddingcluster).where(embeddingcluster.c.clustering_result_id == rid))
+        deleted = conn.execute(sa.delete(clusteringresult).where(clusteringresult.c.id == rid)).rowcount
+    if not deleted:
+        raise ParameterError(f"no clustering result with id {result_id}")
+    return deleted
