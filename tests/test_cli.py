@@ -1,0 +1,121 @@
+"""The command line: one clear line and a non-zero exit for each expected failure."""
+
+import os
+import re
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+from gpu_cluster.cli import main
+from helpers import raw
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_missing_file_is_an_error_and_is_not_created(tmp_path):
+    target = tmp_path / "nope.sqlite"
+    for cmd in ("cluster", "plan", "list", "status"):
+        res = run(cmd, target)
+        assert res.exit_code == 2
+        assert res.output.strip() == f"gpu-cluster: error: database file not found: {target} (nothing was created)"
+        assert not target.exists()
+    res = run("cluster", f"sqlite:///{target}")
+    assert res.exit_code == 2 and "database file not found" in res.output and not target.exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.mkdir(), r"is a directory, not a SQLite database file"),
+    (lambda p: p.write_text("hello"), r"is not a SQLite database \(wrong file header\)"),
+])
+def test_not_a_database(tmp_path, make, message):
+    target = tmp_path / "x.sqlite"
+    make(target)
+    res = run("cluster", target)
+    assert res.exit_code == 2
+    assert re.search(message, res.output) and res.output.count("\n") == 1
+
+
+def test_sqlite_without_panic_tables(tmp_path):
+    target = tmp_path / "empty.sqlite"
+    sqlite3.connect(target).execute("CREATE TABLE t (x)").connection.close()
+    res = run("plan", target)
+    assert res.exit_code == 2
+    assert "is not a panic-tda database: missing invocation, embedding, clusteringresult, embeddingcluster" in res.output
+
+
+def test_read_only_file_refused_before_work(demo_db, monkeypatch):
+    # root can write a 0444 file, so pretend the permission check says no.
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(demo_db)
+                        and mode == os.W_OK else real_access(p, mode))
+    res = run("cluster", demo_db, "-d", 10)
+    assert res.exit_code == 2 and "is read-only; results cannot be written" in res.output
+    assert run("plan", demo_db, "-d", 10).exit_code == 0  # reading needs no write access
+
+
+def test_unknown_driver_url():
+    res = run("plan", "nosuchdb://user@host/db")
+    assert res.exit_code == 2
+    assert res.output.startswith("gpu-cluster: error: cannot use database URL nosuchdb://")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-d", "0"], r"--downsample 0: must be an integer >= 1"),
+    (["--epsilon", "-1"], r"--epsilon -1.0: must be a finite number >= 0"),
+    (["--min-cluster-size", "1"], r"--min-cluster-size 1: must be an integer >= 2"),
+    (["--batch-size", "0"], r"--batch-size 0: must be an integer from 1 to 1,000,000"),
+    (["--algorithm", "magic", "--device", "cpu"], r"no algorithm 'magic' on the cpu"),
+])
+def test_bad_parameters(demo_db, args, message):
+    res = run("cluster", demo_db, *args)
+    assert res.exit_code == 3, res.output
+    assert re.search(message, res.output)
+    assert raw(demo_db, "SELECT count(*) FROM clusteringresult") == [(0,)]
+
+
+def test_delete_refuses_without_yes(demo_db):
+    res = run("delete", demo_db, "--model", "Nomic")
+    assert res.exit_code == 2 and "refusing to delete without --yes" in res.output
+
+
+def test_delete_unknown_result(demo_db):
+    res = run("delete", demo_db, "--result", "0" * 32, "--yes")
+    assert res.exit_code == 3 and f"no clustering result with id {'0' * 32}" in res.output
+
+
+def test_delete_needs_model_or_result(demo_db):
+    res = run("delete", demo_db, "--yes")
+    assert res.exit_code == 3 and "delete needs exactly one of --model or --result" in res.output
+
+
+def test_cluster_list_status_delete(demo_db):
+    res = run("cluster", demo_db, "-d", 10, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert "Dummy: skipped: only 1 usable vector(s) selected" in res.output
+    assert "done: 3 clustered, 1 skipped, 0 failed" in res.output
+    listed = run("list", demo_db)
+    assert listed.exit_code == 0 and "3 result(s)" in listed.output
+    assert all(m in listed.output for m in ("Nomic", "STSBMpnet", "STSBRoberta"))
+    status = run("status", demo_db)
+    assert status.exit_code == 0 and status.output.count("\n") == 3
+    deleted = run("delete", demo_db, "--model", "Nomic", "--yes")
+    assert deleted.exit_code == 0 and "deleted 1 clustering result(s)" in deleted.output
+    assert "Nomic" not in run("status", demo_db).output
+
+
+def test_plan_output(demo_db):
+    res = run("plan", demo_db, "-d", 100, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert "Nomic: embeddings=3000 selected=100 dim=768" in res.output
+    assert "rule: TEXT invocations, position = (sequence_number - 1) / 2, keep position % 100 == 0" in res.output
+    assert "params: min_cluster_size=2 min_samples=2 epsilon=0.4" in res.output
+
+
+def test_demo_db_refuses_existing_path(demo_db):
+    res = run("demo-db", demo_db)
+    assert res.exit_code == 3 and "already exists" in res.output
+
+

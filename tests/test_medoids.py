@@ -1,0 +1,51 @@
+"""Blocked medoids equal scikit-learn's HDBSCAN(store_centers='medoid')."""
+
+import numpy as np
+import pytest
+from sklearn.cluster import HDBSCAN
+
+from gpu_cluster.medoids import medoid_indices, member_indices, weighted_distance_sums
+from helpers import blobs
+
+
+def brute_sums(x, w):
+    d = np.sqrt(((x[:, None, :].astype(np.float64) - x[None, :, :]) ** 2).sum(-1))
+    return d @ w
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 4096])
+def test_blocked_sums_equal_brute_force(block):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((150, 12)).astype(np.float32)
+    w = rng.random(150)
+    members = np.arange(150)
+    got = weighted_distance_sums(x, members, w, block=block)
+    np.testing.assert_allclose(got, brute_sums(x, w), rtol=1e-9, atol=1e-9)
+
+
+def test_member_indices_groups_by_label():
+    labels = np.array([1, -1, 0, 1, 0, 2])
+    assert [m.tolist() for m in member_indices(labels, 3)] == [[2, 4], [0, 3], [5]]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_medoids_equal_sklearn_store_centers(seed):
+    x = blobs(600, 64, seed=seed, centres=5)
+    x[300:400] = x[200:300]  # duplicates: identical texts embed identically
+    ref = HDBSCAN(min_cluster_size=10, min_samples=5, store_centers="medoid", copy=True).fit(x)
+    rows = medoid_indices(x, ref.labels_.astype(np.int64), ref.probabilities_, block=50)
+    assert len(rows) == ref.medoids_.shape[0] > 1
+    for c, row in enumerate(rows):
+        assert ref.labels_[row] == c
+        if not np.array_equal(x[row], ref.medoids_[c]):
+            # Only a floating-point tie may pick a different member: equal objective.
+            members = np.flatnonzero(ref.labels_ == c)
+            w = ref.probabilities_[members]
+            s = brute_sums(x[members], w)
+            theirs = members[np.flatnonzero((x[members] == ref.medoids_[c]).all(1))[0]]
+            assert s[members.tolist().index(row)] == pytest.approx(s[members.tolist().index(theirs)], rel=1e-9)
+
+
+def test_no_clusters_gives_empty_medoids():
+    x = blobs(10, 8)
+    assert medoid_indices(x, np.full(10, -1), np.zeros(10)).shape == (0,)
