@@ -29,15 +29,21 @@ class Cli(click.Group):
         except GpuClusterError as exc:
             click.echo(f"gpu-cluster: error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("gpu-cluster: interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            click.echo(f"gpu-cluster: interrupted by {signal.Signals(signum).name}", err=True)
+            sys.exit(128 + signum)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so open transactions roll back on the way out."""
+
+    signum = signal.SIGTERM
 
 
 def interrupt_on_sigterm(signum, frame):
-    """Turn SIGTERM into KeyboardInterrupt: open transactions roll back on the way out."""
     log.error("received SIGTERM: stopping; the current model's results are not written")
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def setup_output(heartbeat_s: float) -> Reporter:
