@@ -12,6 +12,7 @@ handful of unnormalised uniform [0, 1) vectors, as panic-tda's Dummy does.
 from __future__ import annotations
 
 import datetime as dt
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,8 +123,7 @@ class DemoWriter:
 
     def __init__(self, seed: int):
         self.ticks = 0
-        rng = np.random.default_rng([seed, 7])
-        self.ids = Uuid7(clock=self.clock, random_bytes=lambda k: rng.bytes(k))
+        self.ids = Uuid7(clock=self.clock, random_bytes=random.Random(seed).randbytes)
 
     def clock(self) -> int:
         self.ticks += 1

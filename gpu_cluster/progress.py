@@ -147,6 +147,7 @@ class RichReporter(Reporter):
 
     def _close(self, st: Stage) -> None:
         task = self._tasks.pop(id(st))
-        self._progress.update(task, completed=st.total or st.done, total=st.total or st.done)
+        done = st.total or 1  # a stage without a total shows as one finished step
+        self._progress.update(task, completed=done, total=done)
         if not self._tasks:
             self._progress.stop()
