@@ -60,7 +60,7 @@ def test_numpy_guard_refuses_the_crashing_combination(monkeypatch):
 
 
 def test_unknown_algorithm_is_a_clear_error():
-    with pytest.raises(ParameterError, match=r"no algorithm 'magic' on the cpu; available: reference"):
+    with pytest.raises(ParameterError, match=r"no algorithm 'magic' on the cpu; available: knn, reference"):
         load_backend("cpu", "magic")
 
 

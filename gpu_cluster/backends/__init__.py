@@ -23,9 +23,10 @@ NOISE = -1
 
 # algorithm name -> module, per device.
 MODULES = {
+    ("cpu", "knn"): "gpu_cluster.backends.knn_graph",
     ("cpu", "reference"): "gpu_cluster.backends.reference",
 }
-DEFAULT_ALGORITHM = {"cpu": "reference"}
+DEFAULT_ALGORITHM = {"cpu": "knn"}
 
 
 @dataclass

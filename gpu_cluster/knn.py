@@ -1,0 +1,186 @@
+"""Nearest neighbours for the graph backend: distinct rows, exact and approximate kNN.
+
+Identical vectors are common in this data (identical texts embed identically), and a
+point's nearest neighbours would otherwise be mostly its own copies, fragmenting the
+graph. So neighbours are searched over *distinct* rows only; copies are tied back to
+their representative afterwards (see ``backends/knn_graph.py``).
+
+The heavy lifting is faiss (``IndexFlatIP`` for exact search, ``IndexHNSWFlat`` for
+approximate search above ``EXACT_MAX_ROWS``): inner product on unit rows, turned into
+euclidean distance; near pairs, where ``2 - 2·cos`` cancels badly in float32, are
+recomputed from the vectors.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+# Below this many distinct rows, exact (brute-force BLAS) search is about as fast as
+# building an HNSW index (measured: ~20 s either way near 60k x 768 on 2 cores).
+EXACT_MAX_ROWS = 60_000
+HNSW_M = 24
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH_MIN = 64
+REFINE_BELOW_D2 = 0.02  # recompute squared distances smaller than this from the vectors
+_BLOCK = 8192
+
+
+@dataclass
+class DistinctRows:
+    """Rows grouped by identical content.
+
+    rep_rows: (m,) int64 row of each distinct vector's first occurrence, ascending.
+    inverse: (n,) int64, ``inverse[i]`` is row i's distinct index.
+    counts: (m,) int64 multiplicity of each distinct vector.
+    """
+
+    rep_rows: np.ndarray
+    inverse: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def n_distinct(self) -> int:
+        return int(self.rep_rows.shape[0])
+
+
+def row_hashes(x: np.ndarray, *, seed: int = 0x5EED) -> np.ndarray:
+    """(n,) uint64 hash of each row's bytes (multiply-add over 64-bit words, wrapping)."""
+    words = x.shape[1] * x.itemsize // 8
+    rng = np.random.default_rng(seed)
+    mult = rng.integers(1, 2**63, size=words, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    out = np.empty(x.shape[0], np.uint64)
+    flat = np.ascontiguousarray(x).view(np.uint8).reshape(x.shape[0], -1)
+    for s in range(0, x.shape[0], _BLOCK):
+        blk = flat[s : s + _BLOCK, : words * 8].view(np.uint64)
+        with np.errstate(over="ignore"):
+            out[s : s + _BLOCK] = (blk * mult).sum(axis=1, dtype=np.uint64)
+    return out
+
+
+def distinct_rows(x: np.ndarray) -> DistinctRows:
+    """Group the rows of ``x`` ((n, d) float32) by identical bytes."""
+    hashes = row_hashes(x)
+    _, first, inverse, counts = np.unique(hashes, return_index=True, return_inverse=True,
+                                          return_counts=True)
+    inverse = inverse.astype(np.int64)
+    if not _groups_are_identical(x, first, inverse):  # a hash collision: exact fallback
+        rows = np.ascontiguousarray(x).view(np.dtype((np.void, x.shape[1] * x.itemsize)))
+        _, first, inverse, counts = np.unique(rows.ravel(), return_index=True,
+                                              return_inverse=True, return_counts=True)
+        inverse = inverse.astype(np.int64)
+    order = np.argsort(first, kind="stable")  # number distinct rows by first occurrence
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return DistinctRows(first[order].astype(np.int64), rank[inverse], counts[order].astype(np.int64))
+
+
+def _groups_are_identical(x, first, inverse) -> bool:
+    for s in range(0, x.shape[0], _BLOCK):
+        if not np.array_equal(x[s : s + _BLOCK], x[first[inverse[s : s + _BLOCK]]]):
+            return False
+    return True
+
+
+@dataclass
+class Neighbours:
+    """k nearest distinct neighbours of each of m rows (itself excluded).
+
+    indices: (m, k) int64, ascending distance; -1 where fewer than k were found.
+    distances: (m, k) float64 euclidean distances (inf where indices is -1).
+    method: 'exact' or 'hnsw(M=..,efC=..,efS=..)'.
+    """
+
+    indices: np.ndarray
+    distances: np.ndarray
+    method: str
+
+
+def set_threads() -> None:
+    import faiss
+
+    faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))
+
+
+class KnnIndex:
+    """A faiss inner-product index over unit rows: exact (flat) or HNSW by size."""
+
+    def __init__(self, x: np.ndarray, k: int, *, exact_max_rows: int = EXACT_MAX_ROWS):
+        import faiss
+
+        set_threads()
+        self.x = np.ascontiguousarray(x, dtype=np.float32)
+        m, d = self.x.shape
+        self.exact = m <= exact_max_rows
+        if self.exact:
+            self.index, self.method = faiss.IndexFlatIP(d), "exact"
+        else:
+            self.index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            self.index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            self.ef_search = max(HNSW_EF_SEARCH_MIN, 2 * (k + 1))
+            self.index.hnsw.efSearch = self.ef_search
+            self.method = f"hnsw(M={HNSW_M},efC={HNSW_EF_CONSTRUCTION},efS={self.ef_search})"
+        self.index.add(self.x)
+
+    def search(self, rows: np.ndarray, k: int, exclude: np.ndarray | None = None):
+        """(ids, cosines) of the k best rows for the query rows ``rows`` (ids into x).
+
+        ``exclude``: sorted int64 ids never to return (e.g. the query's own component).
+        """
+        import faiss
+
+        params = None
+        if exclude is not None:
+            self._selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(exclude))  # kept alive
+            params = (faiss.SearchParameters(sel=self._selector) if self.exact else
+                      faiss.SearchParametersHNSW(sel=self._selector, efSearch=self.ef_search))
+        sims, found = self.index.search(self.x[rows], k, params=params)
+        return found.astype(np.int64), sims
+
+
+def nearest_neighbours(x: np.ndarray, k: int, *, exact_max_rows: int = EXACT_MAX_ROWS) -> tuple[Neighbours, KnnIndex]:
+    """k nearest neighbours of every row of ``x`` ((m, d) float32, unit rows, all distinct).
+
+    Returns the neighbours and the index (reusable for joining graph components).
+    """
+    m = x.shape[0]
+    k = min(k, m - 1)
+    index = KnnIndex(x, k, exact_max_rows=exact_max_rows)
+    idx = np.empty((m, k), np.int64)
+    dist = np.empty((m, k), np.float64)
+    for s in range(0, m, _BLOCK):
+        rows = np.arange(s, min(s + _BLOCK, m))
+        found, sims = index.search(rows, k + 1)
+        idx[rows], dist[rows] = drop_self(found, sims, rows, k)
+    refine_near_distances(index.x, idx, dist)
+    return Neighbours(idx, dist, index.method), index
+
+
+def cosine_to_distance(cos: np.ndarray) -> np.ndarray:
+    """Euclidean distance between unit vectors from their cosine, float64."""
+    return np.sqrt(np.maximum(2.0 - 2.0 * cos.astype(np.float64), 0.0))
+
+
+def drop_self(found: np.ndarray, sims: np.ndarray, rows: np.ndarray, k: int):
+    """Remove each row's own id from its (k+1) results; return (indices, d) of width k."""
+    keep = found != rows[:, None]
+    # Rows whose own id did not come back (approximate search) keep their first k.
+    keep[keep.sum(axis=1) > k, -1] = False
+    idx = found[keep].reshape(len(rows), k)
+    d = cosine_to_distance(sims[keep].reshape(len(rows), k))
+    d[idx < 0] = np.inf
+    return idx, d
+
+
+def refine_near_distances(x: np.ndarray, idx: np.ndarray, dist: np.ndarray) -> None:
+    """Recompute, in place, distances of near pairs from the vectors (float64 sums)."""
+    rows, cols = np.nonzero(dist ** 2 < REFINE_BELOW_D2)
+    for s in range(0, rows.size, _BLOCK):
+        r, c = rows[s : s + _BLOCK], cols[s : s + _BLOCK]
+        diff = x[r] - x[idx[r, c]]
+        dist[r, c] = np.sqrt(np.einsum("ij,ij->i", diff, diff, dtype=np.float64))
+    order = np.argsort(dist, axis=1, kind="stable")  # refinement may reorder near ties
+    idx[:] = np.take_along_axis(idx, order, axis=1)
+    dist[:] = np.take_along_axis(dist, order, axis=1)
