@@ -4,7 +4,7 @@ The stages are the pipeline's (``gpu_cluster.pipeline.cluster_model``), called o
 so each is timed on its own:
 
     select    survey_embeddings(conn, [model])  (the grouped count query) + the rule
-    read      load_vectors(..., xp=numpy)       (SQL -> one preallocated host array)
+    read      load_vectors(..., device='cpu')       (SQL -> one preallocated host array)
     generate  synthetic_embeddings(n, d)        (instead of select + read, --synthetic)
     transfer  xp.asarray(host)                  (host -> GPU; only on a GPU)
     normalise normalise_rows(x)
@@ -33,7 +33,8 @@ from gpu_cluster.backends import Labels
 from gpu_cluster.device import Device, to_host
 from gpu_cluster.loading import LoadedVectors, load_vectors, normalise_rows
 from gpu_cluster.medoids import medoid_indices
-from gpu_cluster.planner import plan_model
+from gpu_cluster.budget import MemoryBudgetError, default_host_budget
+from gpu_cluster.planner import fit_params, plan_model
 from gpu_cluster.progress import Reporter
 from gpu_cluster.selection import ModelSurvey, Selection, survey_embeddings
 from gpu_cluster.writer import ResultToWrite, write_result
@@ -211,7 +212,7 @@ def select_stage(timer: StepTimer, target: DbTarget, model: str,
 def read_stage(timer: StepTimer, target: DbTarget, sel: Selection) -> LoadedVectors:
     with timer.stage("read", total=sel.expected_rows) as st:
         with target.read_engine.connect() as conn, conn.begin():
-            loaded = load_vectors(conn, sel, batch_size=target.batch_size, xp=np, stage=st)
+            loaded = load_vectors(conn, sel, batch_size=target.batch_size, device="cpu", stage=st)
     record_rate(timer.record, "read", sel.expected_rows, sel.dim)
     timer.record.selection["skipped_while_reading"] = dict(loaded.skipped)
     timer.record.n = loaded.n
@@ -228,7 +229,7 @@ def write_stage(timer: StepTimer, target: DbTarget, survey: ModelSurvey,
     if target.write_engine is None:
         record.write = {"mode": target.write_mode, "result_id": None}
         return
-    plan = plan_model(survey, record.factor, requested, backend)
+    plan = plan_model(survey, record.factor, requested, backend, default_host_budget())
     parameters = stored_parameters(plan, clustered.params, loaded, clustered.labels,
                                    timer.device, backend, dict(record.seconds))
     parameters["benchmark"] = {"tool": "benchmarks/sweep.py", "write": target.write_mode}
@@ -250,7 +251,7 @@ def measure_db_step(timer: StepTimer, target: DbTarget, backend: ModuleType,
     record = timer.record
     survey, sel = select_stage(timer, target, record.model, record.factor)
     loaded = read_stage(timer, target, sel)
-    params = P.resolve(requested, loaded.n)
+    params = planned_params(requested, loaded.n, loaded.vectors.shape[1], backend)
     if reason := P.too_few_reason(loaded.n, params):
         record.status = f"skipped: {reason}"
         return None
@@ -267,7 +268,7 @@ def measure_synthetic_step(timer: StepTimer, dim: int, seed: int, backend: Modul
     with timer.stage("generate", total=record.n) as st:
         host_x = synthetic_embeddings(record.n, dim, seed=seed, stage=st)
     record_rate(record, "generate", record.n, dim)
-    params = P.resolve(requested, record.n)
+    params = planned_params(requested, record.n, host_x.shape[1], backend)
     if reason := P.too_few_reason(record.n, params):
         record.status = f"skipped: {reason}"
         return None
@@ -318,3 +319,12 @@ def warm_up(backend: ModuleType, device: Device) -> float:
 
 def projections_dict(projected: dict[str, Projection]) -> dict[str, dict]:
     return {stage: p.as_dict() for stage, p in projected.items()}
+
+
+def planned_params(requested: P.RequestedParams, n: int, dim: int, backend) -> P.HdbscanParams:
+    """The parameters a real run would use: defaults for n, min_samples capped to the
+    host budget (as ``gpu-cluster cluster`` does); unplanned when nothing fits."""
+    try:
+        return fit_params(requested, max(n, 2), dim, backend, default_host_budget())[0]
+    except MemoryBudgetError:
+        return P.resolve(requested, max(n, 2))

@@ -54,7 +54,7 @@ def library_scan(engine: sa.Engine, survey: ModelSurvey, batch_size: int,
                  stage: Stage | None = None) -> int:
     """The project's reader at factor 1 (``load_vectors``); returns the rows kept."""
     with engine.connect() as conn, conn.begin():
-        loaded = load_vectors(conn, survey.selection(1), batch_size=batch_size, xp=np, stage=stage)
+        loaded = load_vectors(conn, survey.selection(1), batch_size=batch_size, device="cpu", stage=stage)
     return loaded.n
 
 

@@ -31,6 +31,7 @@ from gpu_cluster.backends import DEFAULT_ALGORITHM, MODULES, load_backend
 from gpu_cluster.database import open_database, parse_target
 from gpu_cluster.device import Device, resolve_device
 from gpu_cluster.errors import DatabaseError, GpuClusterError, ParameterError
+from gpu_cluster.budget import default_host_budget
 from gpu_cluster.planner import JOIN_SCAN_ROWS_PER_S, PLAIN_SCAN_ROWS_PER_S, plan_model
 from gpu_cluster.progress import Reporter, format_seconds
 from gpu_cluster.schema import clusteringresult
@@ -185,7 +186,7 @@ class DbSource:
             return None, f"skipped: {exc}"
 
     def plan(self, model: str, factor: int, backend: ModuleType, device: Device) -> StepPlan:
-        p = plan_model(self.surveys[model], factor, self.cfg.requested, backend)
+        p = plan_model(self.surveys[model], factor, self.cfg.requested, backend, default_host_budget())
         stages = ("select", "read", *(("transfer",) if device.kind == "gpu" else ()),
                   "normalise", "cluster", "medoids",
                   *(("write",) if self.target.write_engine is not None else ()))

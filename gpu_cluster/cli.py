@@ -69,6 +69,18 @@ def requested_params(epsilon, min_cluster_size, min_samples) -> P.RequestedParam
     return P.RequestedParams(epsilon=epsilon, min_cluster_size=min_cluster_size, min_samples=min_samples)
 
 
+def size_option(ctx, param, value):
+    """Click callback: '80GiB' -> bytes (None stays None)."""
+    if value is None:
+        return None
+    from .budget import parse_bytes
+
+    try:
+        return parse_bytes(value)
+    except GpuClusterError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def param_options(f):
     """Options shared by ``cluster`` and ``plan``."""
     opts = [
@@ -86,7 +98,12 @@ def param_options(f):
         click.option("--min-cluster-size", default=None, type=int,
                      help="Default: max(2, int(0.001 * n))."),
         click.option("--min-samples", default=None, type=int,
-                     help="Counts the point itself, as scikit-learn does. Default: min-cluster-size."),
+                     help="Counts the point itself, as scikit-learn does. Default: "
+                          "min-cluster-size, capped to fit the memory budget."),
+        click.option("--memory-budget", default=None, callback=size_option,
+                     help="Host memory a CPU fit may plan with, e.g. 12GiB (default: half the RAM)."),
+        click.option("--gpu-memory", default=None, callback=size_option,
+                     help="GPU memory to plan with, e.g. 80GiB (default: the device's free memory)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -125,14 +142,15 @@ def demo_db(path, text_invocations, dim, seed):
 @click.option("--heartbeat", default=DEFAULT_HEARTBEAT_S, show_default=True, type=float,
               help="Seconds between progress lines when output is not a terminal.")
 def cluster(db, downsample, models, device, algorithm, epsilon, min_cluster_size,
-            min_samples, batch_size, replace, heartbeat):
+            min_samples, memory_budget, gpu_memory, batch_size, replace, heartbeat):
     """Cluster each embedding model of DB and store one result per model."""
     from .pipeline import RunOptions, cluster_database
 
     options = RunOptions(
         downsample=downsample, models=tuple(models), device=device, algorithm=algorithm,
         requested=requested_params(epsilon, min_cluster_size, min_samples),
-        batch_size=batch_size, replace=replace,
+        batch_size=batch_size, replace=replace, memory_budget=memory_budget,
+        gpu_memory=gpu_memory,
     )
     reporter = setup_output(heartbeat)
     signal.signal(signal.SIGTERM, interrupt_on_sigterm)
@@ -152,28 +170,42 @@ def cluster(db, downsample, models, device, algorithm, epsilon, min_cluster_size
 @main.command()
 @click.argument("db")
 @param_options
-def plan(db, downsample, models, device, algorithm, epsilon, min_cluster_size, min_samples):
-    """Show what `cluster` would do per model; counts only, writes nothing."""
+def plan(db, downsample, models, device, algorithm, epsilon, min_cluster_size, min_samples,
+         memory_budget, gpu_memory):
+    """Show what `cluster` would do per model; counts only, writes nothing.
+
+    With --device gpu --gpu-memory SIZE it plans for such a GPU on any machine.
+    """
     from .pipeline import plan_database
 
-    plans = plan_database(db, downsample=downsample, models=tuple(models), device=device,
-                          algorithm=algorithm,
-                          requested=requested_params(epsilon, min_cluster_size, min_samples))
+    dev, plans = plan_database(
+        db, downsample=downsample, models=tuple(models), device=device, algorithm=algorithm,
+        requested=requested_params(epsilon, min_cluster_size, min_samples),
+        memory_budget=memory_budget, gpu_memory=gpu_memory)
+    click.echo(f"device: {dev.kind} ({dev.why})")
     for p in plans:
-        s = p.selection
-        click.echo(f"{p.model}: embeddings={s.survey.total} selected={s.expected_rows} dim={s.dim}")
-        click.echo(f"  rule: {s.rule}")
-        if s.wrong_length or s.null_vectors or s.survey.orphans:
-            click.echo(f"  skipped rows: wrong_length={s.wrong_length} null={s.null_vectors} "
-                       f"no_invocation={s.survey.orphans}")
-        if p.skip_reason:
-            click.echo(f"  would skip: {p.skip_reason}")
-            continue
-        pr = p.params
-        click.echo(f"  params: min_cluster_size={pr.min_cluster_size} min_samples={pr.min_samples} "
-                   f"epsilon={pr.cluster_selection_epsilon} allow_single_cluster={pr.allow_single_cluster}")
-        click.echo(f"  estimate: peak host memory {format_bytes(p.host_bytes)}, read "
-                   f"~{format_seconds(p.read_seconds)}, cluster ~{format_seconds(p.fit_seconds)}")
+        click.echo(plan_text(p))
+
+
+def plan_text(p) -> str:
+    """The lines ``plan`` prints for one model."""
+    s = p.selection
+    lines = [f"{p.model}: embeddings={s.survey.total} selected={s.expected_rows} dim={s.dim}",
+             f"  rule: {s.rule}"]
+    if s.wrong_length or s.null_vectors or s.survey.orphans:
+        lines.append(f"  skipped rows: wrong_length={s.wrong_length} null={s.null_vectors} "
+                     f"no_invocation={s.survey.orphans}")
+    if p.skip_reason or p.failure:
+        lines.append(f"  would skip: {p.skip_reason}" if p.skip_reason else f"  would fail: {p.failure}")
+        return "\n".join(lines)
+    pr = p.params
+    lines.append(f"  params: min_cluster_size={pr.min_cluster_size} min_samples={pr.min_samples} "
+                 f"epsilon={pr.cluster_selection_epsilon} allow_single_cluster={pr.allow_single_cluster}")
+    lines.append(f"  memory: {p.memory.reason}")
+    device = f", GPU {format_bytes(p.device_bytes)}" if p.device_bytes else ""
+    lines.append(f"  estimate: peak host memory {format_bytes(p.host_bytes)}{device}, read "
+                 f"~{format_seconds(p.read_seconds)}, cluster ~{format_seconds(p.fit_seconds)}")
+    return "\n".join(lines)
 
 
 def result_line(r) -> str:

@@ -21,12 +21,9 @@ point itself), like :class:`gpu_cluster.params.HdbscanParams`.
 
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass
-
+from .budget import GIB, MemoryBudgetError, MemoryPlan, choose_min_samples, gib, parse_bytes  # noqa: F401
 from .errors import ParameterError
 
-GIB = 1024**3
 BYTES_PER_FLOAT32 = 4
 # Device bytes per point per kNN neighbour slot (kNN indices and distances, the
 # mutual-reachability graph and its MST/dendrogram work buffers), measured (cuml_facts).
@@ -43,13 +40,8 @@ INT32_MAX = 2**31 - 1
 DEFAULT_SAFETY = 0.85  # plan against 85% of free memory: allocator slack, CUDA context
 
 
-class GpuMemoryError(ParameterError, MemoryError):
-    """The requested clustering cannot fit in the GPU's memory.
-
-    A ``ParameterError`` (the CLI renders it as one line) and a ``MemoryError``, so the
-    pipeline's per-model ``except MemoryError`` records the model as failed and goes on
-    with the next (smaller) model.
-    """
+GpuMemoryError = MemoryBudgetError  # the GPU's name for it
+GpuMemoryPlan = MemoryPlan
 
 
 def peak_bytes(n: int, dim: int, min_samples: int) -> int:
@@ -73,33 +65,6 @@ def memory_limit(n: int, dim: int, budget_bytes: int) -> int:
     return spare // (BYTES_PER_NEIGHBOUR * max(n, 1)) if spare > 0 else 0
 
 
-def gib(nbytes: float) -> str:
-    """'17.7 GiB'."""
-    return f"{nbytes / GIB:.1f} GiB"
-
-
-@dataclass(frozen=True)
-class GpuMemoryPlan:
-    """The min_samples one model will use on the GPU, and why.
-
-    min_samples / requested_min_samples: scikit-learn convention.
-    planned_bytes, free_bytes, budget_bytes: device bytes.
-    reason: a sentence for the log and the stored parameters.
-    """
-
-    requested_min_samples: int
-    min_samples: int
-    capped: bool
-    reason: str
-    planned_bytes: int
-    free_bytes: int
-    budget_bytes: int
-
-    def as_dict(self) -> dict:
-        """For the stored ``parameters`` JSON."""
-        return asdict(self)
-
-
 def limits(n: int, dim: int, budget_bytes: int) -> list[tuple[int, str]]:
     """The three upper bounds on min_samples (sklearn convention), each with its cause."""
     return [
@@ -115,7 +80,7 @@ def limits(n: int, dim: int, budget_bytes: int) -> list[tuple[int, str]]:
 def plan_min_samples(
     n: int, dim: int, requested: int, free_bytes: int, *, explicit: bool,
     safety: float = DEFAULT_SAFETY,
-) -> GpuMemoryPlan:
+) -> MemoryPlan:
     """Choose min_samples (sklearn convention) for a cuML fit of n x dim float32 rows.
 
     The result is the largest value <= ``requested`` within cuML's cap, the suspected
@@ -132,60 +97,12 @@ def plan_min_samples(
             f"to {SKLEARN_MIN_SAMPLES_MAX} (cuML's 1..{CUML_MIN_SAMPLES_MAX}, which does not "
             "count the point itself)"
         )
-    budget = int(safety * free_bytes)
-    bound, cause = min(limits(n, dim, budget), key=lambda lc: lc[0])
-    if bound < SKLEARN_MIN_SAMPLES_MIN:
-        raise GpuMemoryError(
-            f"nothing fits on the GPU for n={n:,}, dim={dim}: even min_samples=2 needs "
-            f"{gib(peak_bytes(n, dim, 2))}, free {gib(free_bytes)} (planning with "
-            f"{safety:.0%} of it, {gib(budget)}; {cause}); downsample more or use the CPU"
-        )
-    if requested <= bound:
-        chosen, reason = requested, (
-            f"min_samples={requested} as {'given' if explicit else 'defaulted'}; planned "
-            f"{gib(peak_bytes(n, dim, requested))} of {gib(budget)} usable GPU memory"
-        )
-    elif explicit:
-        raise GpuMemoryError(
-            f"--min-samples {requested} does not fit on the GPU for n={n:,}, dim={dim}: it "
-            f"needs {gib(peak_bytes(n, dim, requested))} with {gib(budget)} usable "
-            f"({safety:.0%} of {gib(free_bytes)} free); the largest that fits is {bound} "
-            f"({cause})"
-        )
-    else:
-        chosen, reason = bound, (
-            f"min_samples capped from {requested} to {bound} because {cause}; planned "
-            f"{gib(peak_bytes(n, dim, bound))} of {gib(budget)} usable GPU memory"
-        )
-    return GpuMemoryPlan(requested, chosen, chosen != requested, reason,
-                         peak_bytes(n, dim, chosen), int(free_bytes), budget)
-
-
-_UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_bytes(text: str) -> int:
-    """Bytes in a size such as '80GiB', '80 GB', '512MiB', '1.5TiB' or '123456'.
-
-    GB/MB/KB/TB are decimal (10**9 ...), GiB/MiB/KiB/TiB binary (2**30 ...); a bare
-    number is bytes. Raises ParameterError for anything else.
-    """
-    match = _SIZE.match(str(text))
-    unit = match.group(2).lower() if match else None
-    if match is None or unit not in _UNITS:
-        raise ParameterError(
-            f"--gpu-memory {text!r}: expected a size such as 80GiB, 40GB, 512MiB or a "
-            "number of bytes"
-        )
-    value = int(float(match.group(1)) * _UNITS[unit])
-    if value <= 0:
-        raise ParameterError(f"--gpu-memory {text!r}: must be more than 0 bytes")
-    return value
+    return choose_min_samples(
+        requested, explicit=explicit, n=n, dim=dim, where="GPU",
+        peak=lambda k: peak_bytes(n, dim, k),
+        bounds=limits(n, dim, int(safety * free_bytes)),
+        available=free_bytes, safety=safety, lowest=SKLEARN_MIN_SAMPLES_MIN,
+    )
 
 
 def free_device_memory() -> int:

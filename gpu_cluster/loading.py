@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from types import ModuleType
-
 import numpy as np
 import sqlalchemy as sa
 
 from .progress import Stage
 from .schema import embedding
 from .selection import Selection
+from .staging import open_sink
 
 log = logging.getLogger("gpu_cluster")
 
@@ -60,28 +59,33 @@ def usable_rows(block: np.ndarray) -> tuple[np.ndarray, Counter]:
     return finite & nonzero, +bad
 
 
-def hex_ids(ids: list[str]) -> np.ndarray:
-    """``S32`` array of ids given as dashed or plain hex UUID strings."""
-    return np.array([i.replace("-", "") for i in ids], dtype=ID_DTYPE)
+def hex_ids(ids: list) -> np.ndarray:
+    """``S32`` array of ids given as dashed or plain hex strings (or ``uuid.UUID``)."""
+    return np.array([str(i).replace("-", "") for i in ids], dtype=ID_DTYPE)
 
 
 def selection_query(sel: Selection) -> sa.Select:
-    return sa.select(embedding.c.id, embedding.c.vector).select_from(sel.from_clause()).where(
+    """id and vector of the selected rows. The id is read raw (no UUID processing per
+    row: SQLite gives the stored hex, PostgreSQL a UUID), which ``hex_ids`` normalises."""
+    raw_id = sa.type_coerce(embedding.c.id, sa.String)
+    return sa.select(raw_id, embedding.c.vector).select_from(sel.from_clause()).where(
         sel.where_clause()
     )
 
 
 def load_vectors(
-    conn: sa.Connection, sel: Selection, *, batch_size: int, xp: ModuleType = np,
+    conn: sa.Connection, sel: Selection, *, batch_size: int, device: str = "cpu",
     stage: Stage | None = None,
 ) -> LoadedVectors:
-    """Read ``sel`` into a preallocated ``(expected_rows, dim)`` float32 ``xp`` array.
+    """Read ``sel`` into one preallocated ``(expected_rows, dim)`` float32 array.
 
+    ``device`` 'cpu' fills a NumPy array; 'gpu' a CuPy array, through two pinned
+    staging buffers so the next batch is read while the last one is copied.
     Rows that are non-finite or all-zero are dropped and counted. If the database grew
     between the survey and this read, extra rows are ignored and counted.
     """
     n, dim = sel.expected_rows, sel.dim
-    out = xp.empty((n, dim), dtype=xp.float32)
+    sink = open_sink(device, n, dim, batch_size)
     ids = np.empty(n, dtype=ID_DTYPE)
     skipped: Counter = Counter()
     pos = 0
@@ -95,15 +99,14 @@ def load_vectors(
         block = decode_blobs([row[1] for row in part], dim)
         keep, bad = usable_rows(block)
         skipped.update(bad)
-        good = int(keep.sum())
-        out[pos : pos + good] = xp.asarray(block[keep])
+        good = sink.put(block, keep)
         ids[pos : pos + good] = hex_ids([row[0] for row, k in zip(part, keep) if k])
         pos += good
         if stage is not None:
             stage.advance(len(part))
     if skipped:
         log.warning("%s: skipped rows while reading: %s", sel.model, dict(skipped))
-    return LoadedVectors(sel.model, out[:pos], ids[:pos], skipped)
+    return LoadedVectors(sel.model, sink.finish(), ids[:pos], skipped)
 
 
 def normalise_rows(x, *, block_rows: int = 65_536) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,12 +21,13 @@ import sqlalchemy as sa
 from . import __version__
 from . import params as P
 from .backends import Labels, load_backend
+from .budget import MemoryBudgetError, default_host_budget
 from .database import open_database
 from .device import Device, resolve_device, to_host
 from .errors import ModelSkipped
 from .loading import LoadedVectors, load_vectors, normalise_rows
 from .medoids import medoid_indices
-from .planner import ModelPlan, plan_model
+from .planner import ModelPlan, fit_params, plan_model
 from .progress import Reporter, format_seconds
 from .selection import ModelSurvey, survey_embeddings
 from .writer import ResultToWrite, write_result
@@ -44,6 +46,8 @@ class RunOptions:
     requested: P.RequestedParams = field(default_factory=P.RequestedParams)
     batch_size: int = P.DEFAULT_BATCH_SIZE
     replace: bool = False
+    memory_budget: int | None = None  # host bytes for a CPU fit (default: half the RAM)
+    gpu_memory: int | None = None  # device bytes to plan with (default: free memory)
 
     def __post_init__(self):
         P.validate(downsample=self.downsample, batch_size=self.batch_size)
@@ -118,12 +122,22 @@ def log_outcome(o: ModelOutcome) -> None:
         log.warning("%s: %s: %s", o.model, o.status.upper(), o.reason)
 
 
+def available_memory(device: Device, options: RunOptions) -> int:
+    """Bytes a fit may plan with: free GPU memory, or the host budget."""
+    if device.kind == "gpu":
+        from .gpu_memory import free_device_memory
+
+        return options.gpu_memory or free_device_memory()
+    return options.memory_budget or default_host_budget()
+
+
 def cluster_model(
     engine: sa.Engine, survey: ModelSurvey, options: RunOptions, device: Device,
     backend: ModuleType, reporter: Reporter,
 ) -> ModelOutcome:
     """Run one model through every stage; never raises for a skip or a failed fit."""
-    plan = plan_model(survey, options.downsample, options.requested, backend)
+    available = available_memory(device, options)
+    plan = plan_model(survey, options.downsample, options.requested, backend, available)
     sel = plan.selection
     log.info("%s: %d embeddings, %d selected (%s); skipped at selection: %d wrong length, "
              "%d NULL, %d without invocation", survey.model, survey.total, sel.expected_rows,
@@ -132,19 +146,25 @@ def cluster_model(
     try:
         if plan.skip_reason:
             raise ModelSkipped(plan.skip_reason)
+        if plan.failure:  # known before reading a single vector
+            raise MemoryBudgetError(plan.failure)
         loaded = timed(seconds, "read", lambda: read_model(engine, plan, options, device, reporter))
-        params = P.resolve(options.requested, loaded.n)
-        if reason := P.too_few_reason(loaded.n, params):
+        if reason := P.too_few_reason(loaded.n, P.resolve(options.requested, loaded.n)):
             raise ModelSkipped(reason)
+        params, memory = fit_params(options.requested, loaded.n, sel.dim, backend, available)
+        log.info("%s: %s", survey.model, memory.reason)
         timed(seconds, "normalise", lambda: normalise_rows(loaded.vectors))
         labels = timed(seconds, "cluster", lambda: fit(backend, loaded, params, plan, reporter))
         medoids = timed(seconds, "medoids", lambda: find_medoids(loaded, labels, reporter))
     except ModelSkipped as skip:
         return ModelOutcome(survey.model, "skipped", skip.reason, seconds=seconds)
+    except MemoryBudgetError as exc:
+        return ModelOutcome(survey.model, "failed", str(exc), seconds=seconds)
     except (MemoryError, RuntimeError, ValueError) as exc:
         log.exception("%s: clustering failed", survey.model)
         return ModelOutcome(survey.model, "failed", f"{type(exc).__name__}: {exc}", seconds=seconds)
     parameters = stored_parameters(plan, params, loaded, labels, device, backend, seconds)
+    parameters["memory_plan"] = memory.as_dict()
     result = ResultToWrite(survey.model, loaded.ids, labels.labels, medoids, parameters)
     with reporter.stage(f"{survey.model}: write", total=loaded.n) as st:
         start = time.perf_counter()
@@ -166,13 +186,34 @@ def read_model(engine, plan: ModelPlan, options: RunOptions, device: Device, rep
     sel = plan.selection
     with reporter.stage(f"{sel.model}: read", total=sel.expected_rows) as st:
         with engine.connect() as conn, conn.begin():  # one snapshot, released after the read
-            return load_vectors(conn, sel, batch_size=options.batch_size, xp=device.xp, stage=st)
+            return load_vectors(conn, sel, batch_size=options.batch_size, device=device.kind, stage=st)
 
 
 def fit(backend, loaded: LoadedVectors, params: P.HdbscanParams, plan: ModelPlan, reporter) -> Labels:
+    """Run the backend's fit in a worker thread, so the main thread keeps handling
+    signals (SIGTERM/Ctrl-C stop the run at once, not when a native fit returns)."""
     estimate_s, _ = backend.estimate(loaded.n, plan.selection.dim, params)
     with reporter.stage(f"{plan.model}: cluster", unit="fit", estimate_s=estimate_s):
-        return backend.fit(loaded.vectors, params)
+        return run_interruptibly(lambda: backend.fit(loaded.vectors, params))
+
+
+def run_interruptibly(work):
+    """``work()`` in a daemon thread; the caller waits in short joins and re-raises."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["value"] = work()
+        except BaseException as exc:  # handed to the waiting thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="fit", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def find_medoids(loaded: LoadedVectors, labels: Labels, reporter):
@@ -198,6 +239,7 @@ def stored_parameters(plan, params, loaded, labels, device, backend, seconds) ->
         "n_noise": labels.n_noise,
         "backend": backend.NAME,
         "device": device.kind,
+        "device_name": device.name,
         "device_choice": device.why,
         "backend_details": labels.details,
         "versions": library_versions(),
@@ -205,18 +247,38 @@ def stored_parameters(plan, params, loaded, labels, device, backend, seconds) ->
     }
 
 
+def check_explicit_params(backend: ModuleType, requested: P.RequestedParams) -> None:
+    """Refuse, before any work, an explicit value the backend can never accept."""
+    check = getattr(backend, "check_requested", None)
+    if check is not None:
+        check(requested)
+
+
 def plan_database(
     db: str, *, downsample: int = 1, models: tuple[str, ...] = (), device: str = "auto",
     algorithm: str | None = None, requested: P.RequestedParams | None = None,
-) -> list[ModelPlan]:
-    """Plan every (or each requested) model of ``db``; reads counts only, writes nothing."""
+    memory_budget: int | None = None, gpu_memory: int | None = None,
+) -> tuple[Device, list[ModelPlan]]:
+    """Plan every (or each requested) model of ``db``; reads counts only, writes nothing.
+
+    ``device='gpu'`` with ``gpu_memory`` plans for a GPU of that size even on a machine
+    without one.
+    """
     P.validate(downsample=downsample)
     requested = requested or P.RequestedParams()
     engine = open_database(db, write=False)
     try:
-        backend = load_backend(resolve_device(device).kind, algorithm)
+        if device == "gpu" and gpu_memory:
+            dev = Device("gpu", f"planning for a GPU with {gpu_memory / 2**30:.1f} GiB", "planned")
+        else:
+            dev = resolve_device(device)
+        backend = load_backend(dev.kind, algorithm)
+        check_explicit_params(backend, requested)
+        available = available_memory(dev, RunOptions(memory_budget=memory_budget,
+                                                     gpu_memory=gpu_memory))
         with engine.connect() as conn:
             surveys = survey_embeddings(conn, list(models) or None)
-        return [plan_model(s, downsample, requested, backend) for s in surveys.values()]
+        return dev, [plan_model(s, downsample, requested, backend, available)
+                     for s in surveys.values()]
     finally:
         engine.dispose()

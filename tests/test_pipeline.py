@@ -117,7 +117,7 @@ def test_delete_by_model_and_by_id(clustered):
 
 def test_plan_writes_nothing(demo_db):
     before = hashlib.sha256(demo_db.read_bytes()).hexdigest()
-    plans = {p.model: p for p in plan_database(str(demo_db), downsample=10, device="cpu")}
+    plans = {p.model: p for p in plan_database(str(demo_db), downsample=10, device="cpu")[1]}
     assert plans["Nomic"].n == 300 and plans["Nomic"].params.min_cluster_size == 2
     assert plans["Dummy"].skip_reason and plans["Nomic"].skip_reason is None
     assert plans["Nomic"].host_bytes > 4 * 300 * 768 and plans["Nomic"].fit_seconds > 0

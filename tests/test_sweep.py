@@ -26,6 +26,7 @@ from benchmarks.report import CSV_COLUMNS, csv_rows, write_outputs  # noqa: E402
 from benchmarks.runner import SweepConfig, run_sweep  # noqa: E402
 from benchmarks.synthetic import synthetic_embeddings  # noqa: E402
 from gpu_cluster.backends import MODULES, Labels  # noqa: E402
+from gpu_cluster.budget import plan_linear  # noqa: E402
 from gpu_cluster.demo import DemoSpec, make_demo_db  # noqa: E402
 from gpu_cluster.device import Device  # noqa: E402
 
@@ -180,6 +181,9 @@ def slow_fake_backend(calls: list[int]) -> types.ModuleType:
 
     mod.fit = fit
     mod.estimate = lambda n, dim, params: (0.2 * (n / 100) ** 2, 0)
+    mod.plan_params = lambda params, n, dim, *, available, explicit: plan_linear(
+        params.min_samples, explicit=explicit, n=n, dim=dim, fixed=0, per_k=1,
+        available=available, what="nothing")
     return mod
 
 

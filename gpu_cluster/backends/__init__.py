@@ -3,6 +3,8 @@
 Each backend module defines ``NAME``, ``DEVICE`` ('cpu' or 'gpu') and
 
     fit(x, params: HdbscanParams) -> Labels
+    estimate(n, dim, params) -> (seconds, peak bytes)
+    plan_params(params, n, dim, *, available, explicit) -> budget.MemoryPlan
 
 where ``x`` is an ``(n, d)`` float32 array with L2-normalised rows (NumPy for a CPU
 backend, CuPy for a GPU one). Modules are imported lazily, so a CPU install never
@@ -25,8 +27,9 @@ NOISE = -1
 MODULES = {
     ("cpu", "knn"): "gpu_cluster.backends.knn_graph",
     ("cpu", "reference"): "gpu_cluster.backends.reference",
+    ("gpu", "cuml"): "gpu_cluster.backends.cuml_gpu",
 }
-DEFAULT_ALGORITHM = {"cpu": "knn"}
+DEFAULT_ALGORITHM = {"cpu": "knn", "gpu": "cuml"}
 
 
 @dataclass

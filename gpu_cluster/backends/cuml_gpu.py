@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ParameterError
-from ..gpu_memory import CUML_MIN_SAMPLES_MAX, peak_bytes
+from ..gpu_memory import CUML_MIN_SAMPLES_MAX, peak_bytes, plan_min_samples
 from ..params import HdbscanParams
 from ..progress import format_bytes
 from . import Labels
@@ -157,3 +157,8 @@ def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
         knn_s = _NND_SECONDS_PER_ROW * n * (dim / 768)
     seconds = 1.0 + knn_s + _SECONDS_PER_NEIGHBOUR_SLOT * n * params.min_samples
     return seconds, peak_bytes(n, dim, params.min_samples)
+
+
+def plan_params(params: HdbscanParams, n: int, dim: int, *, available: int, explicit: bool):
+    """min_samples within free GPU memory and cuML's limits (see gpu_cluster.gpu_memory)."""
+    return plan_min_samples(n, dim, params.min_samples, available, explicit=explicit)

@@ -28,6 +28,7 @@ import scipy.sparse as sp
 from scipy.sparse import csgraph
 
 from .. import knn
+from ..budget import plan_linear
 from ..params import HdbscanParams
 from . import Labels
 
@@ -178,15 +179,35 @@ def single_vector_labels(n: int, params: HdbscanParams) -> Labels:
     return Labels(labels, np.full(n, 1.0 if one else 0.0), {"n_distinct": 1})
 
 
-# Measured on this project's 2-core machine (see benchmarks/): 768-d, duplicates
-# collapsed; dominated by the kNN search. Rough, for plans and heartbeats.
+# Host bytes per point per neighbour slot: kNN ids and distances, the edge keys and
+# weights, and the symmetric CSR graph with its MST (measured: ~85 B at n = 100k).
+BYTES_PER_NEIGHBOUR = 96
+
+
+def memory_model(n: int, dim: int) -> tuple[int, int]:
+    """(fixed, per-min_samples) peak host bytes of a fit, including the float32 input.
+
+    The input, the distinct-row copy inside faiss, and HNSW's links are fixed; the
+    kNN graph grows with k (at least MIN_GRAPH_K, which plans ignore below it).
+    """
+    return 2 * 4 * n * dim + 2 * knn.HNSW_M * 4 * n, BYTES_PER_NEIGHBOUR * n
+
+
+def plan_params(params: HdbscanParams, n: int, dim: int, *, available: int, explicit: bool):
+    """min_samples within the host memory budget (see gpu_cluster.budget)."""
+    fixed, per_k = memory_model(n, dim)
+    return plan_linear(params.min_samples, explicit=explicit, n=n, dim=dim, fixed=fixed,
+                       per_k=per_k, available=available, what="the kNN graph")
+
+
+# Rough, for plans and heartbeats; measured on this project's 2-core machine (768-d):
+# exact search ~2·m²·d at 150 GFLOP/s; HNSW build + search ~0.4 ms per row at k = 16.
 def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
-    """Rough (seconds, peak extra host bytes) of one fit of n x dim rows."""
+    """Rough (seconds, peak host bytes) of one fit of n x dim rows."""
     k = graph_k(params)
     if n <= knn.EXACT_MAX_ROWS:
-        seconds = 2.0 * n * n * dim / 60e9 + 2e-5 * n * k
+        seconds = 2.0 * n * n * dim / 150e9 + 2e-5 * n * k
     else:
         seconds = 4e-4 * n * (dim / 768) * (k / 16) ** 0.5 + 2e-5 * n * k
-    index_bytes = 4 * n * dim + 8 * n * knn.HNSW_M * 2
-    graph_bytes = n * k * (8 + 8 + 8 + 8 + 16)  # indices, distances, key, weights, CSR
-    return seconds, int(4 * n * dim + index_bytes + graph_bytes)
+    fixed, per_k = memory_model(n, dim)
+    return seconds, int(fixed + per_k * k)

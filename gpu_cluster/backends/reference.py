@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..budget import plan_linear
 from ..errors import EnvironmentProblem
 from ..params import HdbscanParams
 from . import Labels
@@ -59,9 +60,24 @@ _SECONDS_AT_5K = 11.0
 _EXPONENT = 2.1
 
 
+def memory_model(n: int, dim: int) -> tuple[int, int]:
+    """(fixed, per-min_samples) peak host bytes of a fit, including the float32 input.
+
+    The input, scikit-learn's float64 copy, and per point a tree query of min_samples
+    (index + distance) and the spanning tree.
+    """
+    return 4 * n * dim + 8 * n * dim + 64 * n, 16 * n
+
+
 def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
-    """Rough (seconds, peak extra host bytes) of one fit of n x dim vectors."""
+    """Rough (seconds, peak host bytes) of one fit of n x dim vectors."""
     seconds = _SECONDS_AT_5K * (n / 5000) ** _EXPONENT * (dim / 768)
-    # float64 copy of the data + neighbour/core-distance arrays + spanning tree.
-    bytes_ = 8 * n * dim + 16 * n * params.min_samples + 64 * n
-    return seconds, int(bytes_)
+    fixed, per_k = memory_model(n, dim)
+    return seconds, int(fixed + per_k * params.min_samples)
+
+
+def plan_params(params: HdbscanParams, n: int, dim: int, *, available: int, explicit: bool):
+    """min_samples within the host memory budget (see gpu_cluster.budget)."""
+    fixed, per_k = memory_model(n, dim)
+    return plan_linear(params.min_samples, explicit=explicit, n=n, dim=dim, fixed=fixed,
+                       per_k=per_k, available=available, what="scikit-learn's dense fit")
