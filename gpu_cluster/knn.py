@@ -107,10 +107,12 @@ def set_threads() -> None:
 class KnnIndex:
     """A faiss inner-product index over unit rows: exact (flat) or HNSW by size."""
 
-    def __init__(self, x: np.ndarray, k: int, *, exact_max_rows: int = EXACT_MAX_ROWS):
+    def __init__(self, x: np.ndarray, k: int, *, exact_max_rows: int | None = None):
         import faiss
 
         set_threads()
+        if exact_max_rows is None:
+            exact_max_rows = EXACT_MAX_ROWS
         self.x = np.ascontiguousarray(x, dtype=np.float32)
         m, d = self.x.shape
         self.exact = m <= exact_max_rows
@@ -140,7 +142,9 @@ class KnnIndex:
         return found.astype(np.int64), sims
 
 
-def nearest_neighbours(x: np.ndarray, k: int, *, exact_max_rows: int = EXACT_MAX_ROWS) -> tuple[Neighbours, KnnIndex]:
+def nearest_neighbours(
+    x: np.ndarray, k: int, *, exact_max_rows: int | None = None
+) -> tuple[Neighbours, KnnIndex]:
     """k nearest neighbours of every row of ``x`` ((m, d) float32, unit rows, all distinct).
 
     Returns the neighbours and the index (reusable for joining graph components).

@@ -1,0 +1,142 @@
+"""The fast CPU backend: parity with the reference, duplicates, disconnected graphs,
+tiny inputs, approximate search, and the min_samples cap."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from gpu_cluster import knn
+from gpu_cluster.backends import knn_graph, reference
+from gpu_cluster.budget import GIB, MemoryBudgetError
+from gpu_cluster.params import HdbscanParams, RequestedParams, resolve
+from helpers import blobs, nested_blobs
+
+
+def params(mcs, ms=None, eps=0.4):
+    return HdbscanParams(min_cluster_size=mcs, min_samples=ms or mcs,
+                         cluster_selection_epsilon=eps, allow_single_cluster=True)
+
+
+def with_duplicates(x, fraction=1 / 3, seed=0):
+    rng = np.random.default_rng(seed)
+    k = int(len(x) * fraction)
+    x[rng.choice(len(x), k, replace=False)] = x[rng.integers(0, len(x), k)]
+    return x
+
+
+def ari_against_reference(x, p):
+    ours, ref = knn_graph.fit(x, p), reference.fit(x, p)
+    return adjusted_rand_score(ref.labels, ours.labels), ours, ref
+
+
+def test_small_inputs_use_the_complete_graph_and_equal_the_reference():
+    x = with_duplicates(nested_blobs(900, 768, seed=3))
+    ari, ours, ref = ari_against_reference(x, params(5))
+    assert ari == 1.0 and ours.n_clusters == ref.n_clusters == 3
+    assert ours.details["k"] == ours.details["n_distinct"] - 1  # complete graph
+    np.testing.assert_allclose(ours.probabilities, ref.probabilities, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_true_knn_graph_parity(monkeypatch, seed):
+    """The kNN path proper (no complete graph): ARI >= 0.98 against the reference."""
+    monkeypatch.setattr(knn_graph, "FULL_GRAPH_MAX_ROWS", 0)
+    x = with_duplicates(blobs(2500, 256, seed=seed, centres=12, spread=0.12), seed=seed)
+    ari, ours, ref = ari_against_reference(x, resolve(RequestedParams(min_cluster_size=10), len(x)))
+    assert ours.details["k"] == knn_graph.MIN_GRAPH_K and ours.details["knn"] == "exact"
+    assert ari >= 0.98 and ref.n_clusters > 3
+
+
+def test_approximate_search_parity(monkeypatch):
+    monkeypatch.setattr(knn_graph, "FULL_GRAPH_MAX_ROWS", 0)
+    monkeypatch.setattr(knn, "EXACT_MAX_ROWS", 100)
+    x = with_duplicates(blobs(2500, 128, seed=5, centres=10, spread=0.12))
+    ari, ours, _ = ari_against_reference(x, params(10))
+    assert ours.details["knn"].startswith("hnsw(")
+    assert ari >= 0.98
+
+
+def test_disconnected_knn_graph_is_joined(monkeypatch):
+    """Far-apart groups: each group's kNN stay inside it; the joins make one tree."""
+    monkeypatch.setattr(knn_graph, "FULL_GRAPH_MAX_ROWS", 0)
+    x = blobs(1200, 64, seed=2, centres=6, spread=0.05)
+    ari, ours, ref = ari_against_reference(x, params(10))
+    assert ours.details["components_joined"] >= 6
+    assert ari == 1.0 and ours.n_clusters == ref.n_clusters == 6
+
+
+def test_heavy_duplicates_core_distance_zero(monkeypatch):
+    """Copies >= min_samples: core distance 0, as in the reference's dense path."""
+    monkeypatch.setattr(knn_graph, "FULL_GRAPH_MAX_ROWS", 0)
+    base = blobs(40, 32, seed=7, centres=4, spread=0.05)
+    x = np.concatenate([np.repeat(base[:10], 30, axis=0), base[10:]])  # 10 texts x 30 copies
+    nb_counts = knn.distinct_rows(x).counts
+    assert nb_counts.max() == 30
+    ari, ours, _ = ari_against_reference(x, params(5))
+    assert ari == 1.0 and ours.details["n_distinct"] == 40
+
+
+def test_core_distances_count_copies_first():
+    counts = np.array([3, 1, 2])
+    nb = knn.Neighbours(np.array([[1, 2], [0, 2], [0, 1]]),
+                        np.array([[0.5, 0.9], [0.5, 0.7], [0.9, 0.7]]), "exact")
+    core, short = knn_graph.core_distances(counts, nb, min_samples=4)
+    # point 0: 3 copies + point 1 -> 4 at 0.5; point 1: 1 + 3 (point 0) = 4 at 0.5;
+    # point 2: 2 + 1 (point 1) + 3 (point 0) -> 4 reached at 0.9
+    np.testing.assert_allclose(core, [0.5, 0.5, 0.9])
+    assert short == 0
+    core, _ = knn_graph.core_distances(counts, nb, min_samples=3)
+    assert core[0] == 0.0  # enough copies of itself
+
+
+@pytest.mark.parametrize("n", [2, 3, 7])
+def test_all_identical_rows(n):
+    x = np.tile(blobs(1, 16), (n, 1))
+    got = knn_graph.fit(x, params(2))
+    assert got.labels.tolist() == [0] * n and got.n_clusters == 1
+    ref = reference.fit(x, params(2))
+    assert adjusted_rand_score(ref.labels, got.labels) == 1.0
+
+
+def test_two_distinct_rows():
+    x = blobs(2, 16, seed=9, centres=2)
+    got = knn_graph.fit(x, params(2))
+    ref = reference.fit(x, params(2))
+    assert got.labels.tolist() == ref.labels.tolist()
+
+
+def test_distinct_rows_groups_and_orders_by_first_occurrence():
+    x = blobs(6, 8)
+    y = x[[3, 1, 3, 0, 1, 3]]
+    d = knn.distinct_rows(y)
+    assert d.rep_rows.tolist() == [0, 1, 3] and d.counts.tolist() == [3, 2, 1]
+    assert np.array_equal(y[d.rep_rows[d.inverse]], y)
+
+
+def test_distinct_rows_survives_hash_collisions(monkeypatch):
+    monkeypatch.setattr(knn, "row_hashes", lambda x: np.zeros(len(x), np.uint64))
+    x = blobs(50, 8)
+    y = np.concatenate([x, x[:10]])
+    d = knn.distinct_rows(y)
+    assert d.n_distinct == 50 and np.array_equal(y[d.rep_rows[d.inverse]], y)
+
+
+def test_min_samples_is_capped_to_the_budget():
+    n, dim = 1_100_000, 768
+    p = resolve(RequestedParams(), n)
+    assert p.min_samples == 1100
+    plan = knn_graph.plan_params(p, n, dim, available=12 * GIB, explicit=False)
+    assert plan.capped and 16 <= plan.min_samples < 100
+    assert plan.planned_bytes <= 12 * GIB
+    assert "min_samples capped from 1100 to" in plan.reason and "kNN graph" in plan.reason
+    fixed, per_k = knn_graph.memory_model(n, dim)
+    assert fixed + per_k * (plan.min_samples + 1) > 12 * GIB  # the largest that fits
+
+
+def test_explicit_min_samples_that_cannot_fit_is_refused():
+    p = resolve(RequestedParams(min_samples=1000), 1_100_000)
+    with pytest.raises(MemoryBudgetError, match=r"--min-samples 1000 does not fit in host "
+                                                r"memory for n=1,100,000, dim=768: it needs"):
+        knn_graph.plan_params(p, 1_100_000, 768, available=12 * GIB, explicit=True)
+    with pytest.raises(MemoryBudgetError, match=r"nothing fits in host memory"):
+        knn_graph.plan_params(p, 1_100_000, 768, available=1 * GIB, explicit=False)
