@@ -1,4 +1,4 @@
-"""Cluster medoids, exactly as scikit-learn's ``HDBSCAN(store_centers="medoid")``.
+"""Cluster medoids, as scikit-learn's ``HDBSCAN(store_centers="medoid")`` defines them.
 
 For cluster c with members i, j and membership probabilities w, the medoid is
 
@@ -8,6 +8,13 @@ For cluster c with members i, j and membership probabilities w, the medoid is
 ``(block, block)`` tiles, upcast to float64 as scikit-learn does, so memory stays bounded
 by the block size however large a cluster is — never an m x m matrix. Written once for
 NumPy and CuPy.
+
+Exact up to ``EXACT_MAX_MEMBERS`` members (cost m²·d). Above that — a cluster of 500k
+members would take hours — the medoid is approximated in two steps: every member's
+objective is *estimated* against a weighted random sample of ``SAMPLE_SIZE`` members,
+then the ``CANDIDATES`` best estimates are scored *exactly* against all members and the
+best of them is the medoid. Its objective is never below the exact medoid's; how far
+above is measured in ``benchmarks/medoid_error.py`` and reported in the README.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ import numpy as np
 from .device import array_module, to_host
 
 DEFAULT_BLOCK = 2048
+EXACT_MAX_MEMBERS = 20_000
+SAMPLE_SIZE = 4096
+CANDIDATES = 64
 
 
 def member_indices(labels: np.ndarray, n_clusters: int) -> list[np.ndarray]:
@@ -26,51 +36,73 @@ def member_indices(labels: np.ndarray, n_clusters: int) -> list[np.ndarray]:
     return [order[bounds[c] : bounds[c + 1]] for c in range(n_clusters)]
 
 
-def weighted_distance_sums(x, members, weights, *, block: int = DEFAULT_BLOCK):
-    """``s_i = sum_j w_j ||x_i - x_j||`` over one cluster's members.
+def weighted_distance_sums(x, rows, cols, weights, *, block: int = DEFAULT_BLOCK):
+    """``s_i = sum_j w_j ||x_i - x_j||`` for i in ``rows``, j in ``cols``.
 
     Args:
         x: (n, d) float32 NumPy/CuPy array of all rows.
-        members: (m,) int64 row indices of the cluster, on x's device.
-        weights: (m,) float64 weights aligned with ``members``, on x's device.
+        rows: (r,) int64 row indices, on x's device.
+        cols: (c,) int64 row indices, on x's device.
+        weights: (c,) float64 weights aligned with ``cols``, on x's device.
     Returns:
-        (m,) float64 sums, on x's device.
+        (r,) float64 sums, on x's device. A row's distance to itself is exactly 0.
     """
     xp = array_module(x)
-    m = members.shape[0]
-    sums = xp.zeros(m, dtype=xp.float64)
-    for i0 in range(0, m, block):
-        rows = x[members[i0 : i0 + block]].astype(xp.float64)
-        row_sq = xp.einsum("ij,ij->i", rows, rows)
-        for j0 in range(0, m, block):
-            cols = x[members[j0 : j0 + block]].astype(xp.float64)
-            col_sq = xp.einsum("ij,ij->i", cols, cols)
-            d2 = row_sq[:, None] + col_sq[None, :] - 2.0 * (rows @ cols.T)
+    sums = xp.zeros(rows.shape[0], dtype=xp.float64)
+    for i0 in range(0, rows.shape[0], block):
+        ri = rows[i0 : i0 + block]
+        a = x[ri].astype(xp.float64)
+        a_sq = xp.einsum("ij,ij->i", a, a)
+        for j0 in range(0, cols.shape[0], block):
+            cj = cols[j0 : j0 + block]
+            b = x[cj].astype(xp.float64)
+            d2 = a_sq[:, None] + xp.einsum("ij,ij->i", b, b)[None, :] - 2.0 * (a @ b.T)
             dist = xp.sqrt(xp.maximum(d2, 0.0))
-            if i0 == j0:  # a point's distance to itself is exactly zero
-                k = min(rows.shape[0], cols.shape[0])
-                dist[xp.arange(k), xp.arange(k)] = 0.0
-            sums[i0 : i0 + rows.shape[0]] += dist @ weights[j0 : j0 + cols.shape[0]]
+            dist[ri[:, None] == cj[None, :]] = 0.0
+            sums[i0 : i0 + ri.shape[0]] += dist @ weights[j0 : j0 + cj.shape[0]]
     return sums
 
 
-def medoid_indices(x, labels: np.ndarray, probabilities: np.ndarray, *, block: int = DEFAULT_BLOCK) -> np.ndarray:
+def exact_medoid(x, members, weights, *, block: int = DEFAULT_BLOCK) -> int:
+    """Row of the exact weighted medoid of ``members`` (host int64 indices)."""
+    xp = array_module(x)
+    m, w = xp.asarray(members), xp.asarray(weights, dtype=xp.float64)
+    return int(members[int(to_host(xp.argmin(weighted_distance_sums(x, m, m, w, block=block))))])
+
+
+def approximate_medoid(x, members, weights, *, seed: int = 0, block: int = DEFAULT_BLOCK) -> int:
+    """Row of the approximate weighted medoid of a large cluster (see module docstring)."""
+    xp = array_module(x)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(members.size, size=min(SAMPLE_SIZE, members.size), replace=False)
+    m = xp.asarray(members)
+    estimate = weighted_distance_sums(x, m, xp.asarray(members[pick]),
+                                      xp.asarray(weights[pick], dtype=xp.float64), block=block)
+    k = min(CANDIDATES, members.size)
+    best = np.sort(to_host(xp.argpartition(estimate, k - 1)[:k]))  # keep row order for ties
+    exact = weighted_distance_sums(x, xp.asarray(members[best]), m,
+                                   xp.asarray(weights, dtype=xp.float64), block=block)
+    return int(members[best[int(to_host(xp.argmin(exact)))]])
+
+
+def medoid_indices(
+    x, labels: np.ndarray, probabilities: np.ndarray, *, block: int = DEFAULT_BLOCK,
+    exact_max_members: int | None = None,
+) -> np.ndarray:
     """Row index of each cluster's medoid.
 
     Args:
         x: (n, d) float32 NumPy/CuPy array (the clustered, normalised rows).
         labels: (n,) int64 host array, clusters 0..k-1 and -1 for noise.
         probabilities: (n,) float64 host array of membership strengths.
+        exact_max_members: clusters up to this size are exact (default EXACT_MAX_MEMBERS).
     Returns:
         (k,) int64 host array: ``result[c]`` is the row of cluster c's medoid.
     """
-    xp = array_module(x)
+    limit = EXACT_MAX_MEMBERS if exact_max_members is None else exact_max_members
     n_clusters = int(labels.max()) + 1 if labels.size else 0
     result = np.empty(n_clusters, dtype=np.int64)
     for c, members in enumerate(member_indices(labels, n_clusters)):
-        sums = weighted_distance_sums(
-            x, xp.asarray(members), xp.asarray(probabilities[members], dtype=xp.float64),
-            block=block,
-        )
-        result[c] = members[int(to_host(xp.argmin(sums)))]
+        medoid = exact_medoid if members.size <= limit else approximate_medoid
+        result[c] = medoid(x, members, probabilities[members], block=block)
     return result

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from sklearn.cluster import HDBSCAN
 
+from gpu_cluster import medoids
 from gpu_cluster.medoids import medoid_indices, member_indices, weighted_distance_sums
 from helpers import blobs
 
@@ -19,7 +20,7 @@ def test_blocked_sums_equal_brute_force(block):
     x = rng.standard_normal((150, 12)).astype(np.float32)
     w = rng.random(150)
     members = np.arange(150)
-    got = weighted_distance_sums(x, members, w, block=block)
+    got = weighted_distance_sums(x, members, members, w, block=block)
     np.testing.assert_allclose(got, brute_sums(x, w), rtol=1e-9, atol=1e-9)
 
 
@@ -49,3 +50,29 @@ def test_medoids_equal_sklearn_store_centers(seed):
 def test_no_clusters_gives_empty_medoids():
     x = blobs(10, 8)
     assert medoid_indices(x, np.full(10, -1), np.zeros(10)).shape == (0,)
+
+
+def test_rows_and_columns_may_differ():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((80, 6)).astype(np.float32)
+    w = rng.random(80)
+    rows = np.array([5, 17, 60])
+    got = weighted_distance_sums(x, rows, np.arange(80), w, block=16)
+    np.testing.assert_allclose(got, brute_sums(x, w)[rows], rtol=1e-9)
+
+
+def test_approximate_medoid_is_close_to_exact(monkeypatch):
+    """Large clusters are approximated: the objective stays within 1% of the exact one."""
+    monkeypatch.setattr(medoids, "SAMPLE_SIZE", 256)  # a sample far smaller than the cluster
+    monkeypatch.setattr(medoids, "CANDIDATES", 16)
+    x = blobs(6000, 32, seed=4, centres=2, spread=0.4)
+    labels = (x[:, 0] > np.median(x[:, 0])).astype(np.int64)  # two big "clusters"
+    probs = np.random.default_rng(2).uniform(0.2, 1.0, 6000)
+    exact = medoid_indices(x, labels, probs)
+    approx = medoid_indices(x, labels, probs, exact_max_members=1000)
+    for c in (0, 1):
+        members = np.flatnonzero(labels == c)
+        s = weighted_distance_sums(x, members, members, probs[members])
+        objective = dict(zip(members.tolist(), s))
+        assert objective[int(approx[c])] <= 1.01 * objective[int(exact[c])]
+        assert objective[int(approx[c])] >= objective[int(exact[c])]
