@@ -8,7 +8,7 @@ so each is timed on its own:
     generate  synthetic_embeddings(n, d)        (instead of select + read, --synthetic)
     transfer  xp.asarray(host)                  (host -> GPU; only on a GPU)
     normalise normalise_rows(x)
-    cluster   backend.fit(x, params)
+    cluster   isolation.fit(backend, x, params)  (a child process on the CPU, as in a run)
     medoids   medoid_indices(x, labels, probabilities)
     write     write_result(engine, ...)         (committed with --write, else rolled back)
 
@@ -28,6 +28,7 @@ from types import ModuleType
 import numpy as np
 import sqlalchemy as sa
 
+from gpu_cluster import isolation
 from gpu_cluster import params as P
 from gpu_cluster.backends import Labels
 from gpu_cluster.device import Device, to_host
@@ -188,7 +189,7 @@ def compute_stages(timer: StepTimer, host_x: np.ndarray, backend: ModuleType,
     with timer.stage("normalise"):
         normalise_rows(x)
     with timer.stage("cluster", unit="fit"):
-        labels = backend.fit(x, params)
+        labels = isolation.fit(backend, x, params)
     host_labels = to_host(labels.labels).astype(np.int64, copy=False)
     with timer.stage("medoids", unit="clusters"):
         medoids = medoid_indices(x, host_labels, to_host(labels.probabilities))
@@ -287,7 +288,7 @@ def measure_baseline(timer: StepTimer, main: StepRecord, clustered: Clustered,
     record.n, record.dim = main.n, main.dim
     host_x = to_host(clustered.x)
     with timer.stage("cluster", unit="fit"):
-        labels = baseline.fit(host_x, clustered.params)
+        labels = isolation.fit(baseline, host_x, clustered.params)
     record_labels(record, labels, clustered.params)
     ari = float(adjusted_rand_score(to_host(labels.labels), clustered.host_labels))
     ratio = record.seconds["cluster"] / max(main.seconds["cluster"], 1e-9)
@@ -311,7 +312,7 @@ def warm_up(backend: ModuleType, device: Device) -> float:
     start = time.perf_counter()
     x = device.xp.asarray(synthetic_embeddings(WARMUP_ROWS, WARMUP_DIM, seed=1))
     normalise_rows(x)
-    labels = backend.fit(x, P.resolve(P.RequestedParams(), WARMUP_ROWS))
+    labels = isolation.fit(backend, x, P.resolve(P.RequestedParams(), WARMUP_ROWS))
     medoid_indices(x, to_host(labels.labels).astype(np.int64), to_host(labels.probabilities))
     synchronize(device)
     return time.perf_counter() - start

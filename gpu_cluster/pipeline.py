@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from types import ModuleType
 import sqlalchemy as sa
 
 from . import __version__
+from . import isolation
 from . import params as P
 from .backends import Labels, load_backend
 from .budget import MemoryBudgetError, default_host_budget
@@ -190,30 +190,10 @@ def read_model(engine, plan: ModelPlan, options: RunOptions, device: Device, rep
 
 
 def fit(backend, loaded: LoadedVectors, params: P.HdbscanParams, plan: ModelPlan, reporter) -> Labels:
-    """Run the backend's fit in a worker thread, so the main thread keeps handling
-    signals (SIGTERM/Ctrl-C stop the run at once, not when a native fit returns)."""
+    """The backend's fit, isolated (see isolation.py) so heartbeats and signals go on."""
     estimate_s, _ = backend.estimate(loaded.n, plan.selection.dim, params)
     with reporter.stage(f"{plan.model}: cluster", unit="fit", estimate_s=estimate_s):
-        return run_interruptibly(lambda: backend.fit(loaded.vectors, params))
-
-
-def run_interruptibly(work):
-    """``work()`` in a daemon thread; the caller waits in short joins and re-raises."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = work()
-        except BaseException as exc:  # handed to the waiting thread
-            box["error"] = exc
-
-    worker = threading.Thread(target=target, name="fit", daemon=True)
-    worker.start()
-    while worker.is_alive():
-        worker.join(0.2)
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+        return isolation.fit(backend, loaded.vectors, params)
 
 
 def find_medoids(loaded: LoadedVectors, labels: Labels, reporter):

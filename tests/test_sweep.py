@@ -168,7 +168,27 @@ def test_budget_projection_skips_a_step_it_should_skip():
     assert raised.seconds == pytest.approx(2.0 * 2**1.2 * 10**2.1) and "raised" in raised.basis
 
 
-def slow_fake_backend(calls: list[int]) -> types.ModuleType:
+class CallLog:
+    """Sizes the fake backend was fitted on, kept in a file: fits run in child processes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def append(self, n: int) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(f"{n}\n")
+
+    def __eq__(self, other) -> bool:
+        return self.sizes() == other
+
+    def sizes(self) -> list[int]:
+        return [int(v) for v in self.path.read_text().split()] if self.path.exists() else []
+
+    def __repr__(self) -> str:
+        return repr(self.sizes())
+
+
+def slow_fake_backend(calls: CallLog) -> types.ModuleType:
     """A backend whose fit takes 0.2 s per 100 rows, squared: deterministic projections."""
     mod = types.ModuleType("fake_slow_backend")
     mod.NAME, mod.DEVICE = "slowfake", "cpu"
@@ -188,8 +208,8 @@ def slow_fake_backend(calls: list[int]) -> types.ModuleType:
 
 
 def test_sweep_records_a_step_projected_past_the_budget_instead_of_running_it(
-        bench_db, monkeypatch):
-    calls: list[int] = []
+        bench_db, monkeypatch, tmp_path):
+    calls = CallLog(tmp_path / "calls")
     monkeypatch.setitem(sys.modules, "fake_slow_backend", slow_fake_backend(calls))
     monkeypatch.setitem(MODULES, ("cpu", "slowfake"), "fake_slow_backend")
     cfg = SweepConfig(db=str(bench_db), factors=(10, 100), device="cpu", algorithm="slowfake",
@@ -260,7 +280,7 @@ def test_synthetic_sweep_needs_no_database():
     assert sweep.read_path["status"].startswith("skipped: synthetic")
 
 
-def test_warm_up_fits_once_before_anything_is_timed():
-    calls: list[int] = []
+def test_warm_up_fits_once_before_anything_is_timed(tmp_path):
+    calls = CallLog(tmp_path / "calls")
     seconds = warm_up(slow_fake_backend(calls), Device("cpu", "test"))
     assert calls == [256] and seconds >= 0.2 * 2.56**2
