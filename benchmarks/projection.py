@@ -183,5 +183,9 @@ def nominal_seconds(stage: str, n: int, dim: int) -> float:
     if stage == "write":
         return n / NOMINAL_WRITE_ROWS_PER_S
     if stage == "medoids":
-        return 2 * dim * n * n / ASSUMED_CLUSTERS / NOMINAL_FLOPS
+        # exact medoids cost m^2 per cluster of m; above medoids.EXACT_MAX_MEMBERS each
+        # member is scored against a bounded sample, so the cost per member is capped.
+        from gpu_cluster.medoids import EXACT_MAX_MEMBERS
+
+        return 2 * dim * n * min(n / ASSUMED_CLUSTERS, EXACT_MAX_MEMBERS) / NOMINAL_FLOPS
     return 0.0

@@ -40,7 +40,7 @@ from gpu_cluster.selection import survey_embeddings
 from .machine import machine_facts
 from .measure import (
     DbTarget, StepRecord, StepTimer, measure_baseline, measure_db_step, measure_synthetic_step,
-    projections_dict, warm_up,
+    planned_params, projections_dict, warm_up,
 )
 from .projection import Projection, Projector, budget_verdict, memory_verdict, nominal_seconds
 from .readpath import DEFAULT_REPEATS, compare_read_paths
@@ -125,8 +125,9 @@ class StepPlan:
 
 def fit_estimator(backend: ModuleType, dim: int,
                   requested: P.RequestedParams) -> Callable[[int], float]:
-    """n -> the backend's own estimate of one fit's seconds at n rows (parameters for n)."""
-    return lambda n: backend.estimate(n, dim, P.resolve(requested, max(n, 2)))[0]
+    """n -> the backend's own estimate of one fit's seconds at n rows, with the
+    parameters a run would use there (min_samples capped to the memory budget)."""
+    return lambda n: backend.estimate(n, dim, planned_params(requested, n, dim, backend))[0]
 
 
 def estimate_exponent(estimate: Callable[[int], float], n_from: int | None,
@@ -241,14 +242,14 @@ class SyntheticSource:
 
     def plan(self, model: str, factor: int, backend: ModuleType, device: Device) -> StepPlan:
         n = self.size // factor
-        params = P.resolve(self.cfg.requested, n)
+        params = planned_params(self.cfg.requested, n, self.dim, backend)
         stages = ("generate", *(("transfer",) if device.kind == "gpu" else ()),
                   "normalise", "cluster", "medoids")
         reason = P.too_few_reason(n, params)
         if reason:
             return StepPlan(n, self.dim, stages, reason)
-        fit_s, fit_bytes = backend.estimate(n, self.dim, params)
-        return StepPlan(n, self.dim, stages, None, 4 * n * self.dim + fit_bytes, {"cluster": fit_s},
+        fit_s, fit_bytes = backend.estimate(n, self.dim, params)  # fit_bytes includes the input
+        return StepPlan(n, self.dim, stages, None, fit_bytes, {"cluster": fit_s},
                         fit_estimator(backend, self.dim, self.cfg.requested))
 
     def measure(self, timer: StepTimer, backend: ModuleType):
