@@ -22,10 +22,21 @@ import numpy as np
 from gpu_cluster.demo import DemoSpec, build_runs
 
 
-def trajectory_texts(n: int, seed: int) -> list[str]:
+DETAILS = ["at dawn", "at night", "in the rain", "in winter", "in soft focus", "in black and white",
+           "from above", "up close", "with long shadows", "in watercolor", "in oil paint",
+           "as a sketch", "with bright colors", "in fog", "at sunset", "in a dream"]
+
+
+def trajectory_texts(n: int, seed: int, variety: float = 0.5) -> list[str]:
+    """The demo's captions; a ``variety`` fraction gets one or two random details, so
+    that about a third of the texts are distinct (as in production: 1,953 of 6,000)."""
     rng = np.random.default_rng(seed)
     spec = DemoSpec(text_invocations=n, seed=seed)
-    return [text for *_, captions in build_runs(spec, rng) for text in captions]
+    texts = [text for *_, captions in build_runs(spec, rng) for text in captions]
+    for i in np.flatnonzero(rng.random(len(texts)) < variety):
+        extra = rng.choice(DETAILS, size=int(rng.integers(1, 3)), replace=False)
+        texts[i] = f"{texts[i]}, {' and '.join(extra)}"
+    return texts
 
 
 def embed(texts: list[str]) -> np.ndarray:
