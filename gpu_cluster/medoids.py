@@ -9,8 +9,8 @@ For cluster c with members i, j and membership probabilities w, the medoid is
 by the block size however large a cluster is — never an m x m matrix. Written once for
 NumPy and CuPy.
 
-Exact up to ``EXACT_MAX_MEMBERS`` members (cost m²·d). Above that — a cluster of 500k
-members would take hours — the medoid is approximated in two steps: every member's
+Exact up to ``EXACT_MAX_MEMBERS`` members (cost m²·d: ~0.5 s at 5,000, 768-d). Above
+that — a cluster of 500k members would take hours — the medoid is approximated in two steps: every member's
 objective is *estimated* against a weighted random sample of ``SAMPLE_SIZE`` members,
 then the ``CANDIDATES`` best estimates are scored *exactly* against all members and the
 best of them is the medoid. Its objective is never below the exact medoid's; how far
@@ -24,7 +24,7 @@ import numpy as np
 from .device import array_module, to_host
 
 DEFAULT_BLOCK = 2048
-EXACT_MAX_MEMBERS = 20_000
+EXACT_MAX_MEMBERS = 5_000
 SAMPLE_SIZE = 4096
 CANDIDATES = 64
 
@@ -87,7 +87,7 @@ def approximate_medoid(x, members, weights, *, seed: int = 0, block: int = DEFAU
 
 def medoid_indices(
     x, labels: np.ndarray, probabilities: np.ndarray, *, block: int = DEFAULT_BLOCK,
-    exact_max_members: int | None = None,
+    exact_max_members: int | None = None, on_cluster=None,
 ) -> np.ndarray:
     """Row index of each cluster's medoid.
 
@@ -96,6 +96,7 @@ def medoid_indices(
         labels: (n,) int64 host array, clusters 0..k-1 and -1 for noise.
         probabilities: (n,) float64 host array of membership strengths.
         exact_max_members: clusters up to this size are exact (default EXACT_MAX_MEMBERS).
+        on_cluster: called with no argument after each cluster (progress).
     Returns:
         (k,) int64 host array: ``result[c]`` is the row of cluster c's medoid.
     """
@@ -105,4 +106,6 @@ def medoid_indices(
     for c, members in enumerate(member_indices(labels, n_clusters)):
         medoid = exact_medoid if members.size <= limit else approximate_medoid
         result[c] = medoid(x, members, probabilities[members], block=block)
+        if on_cluster is not None:
+            on_cluster()
     return result
