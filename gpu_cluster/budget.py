@@ -17,7 +17,7 @@ from typing import Callable
 from .errors import ParameterError
 
 GIB = 1024**3
-DEFAULT_HOST_FRACTION = 0.5  # default host budget: half the machine's RAM
+DEFAULT_HOST_FRACTION = 0.45  # default host budget: 45% of RAM (measured peak 12.6 GiB at 50%, 1.1M x 768)
 
 
 class MemoryBudgetError(ParameterError, MemoryError):
