@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import sys
 import threading
 import traceback
 from types import ModuleType
@@ -56,6 +57,10 @@ def fit_in_thread(backend: ModuleType, x, params: HdbscanParams) -> Labels:
 def _child(backend: ModuleType, x, params: HdbscanParams, conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # the parent decides about interrupts
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if "faiss" in sys.modules:  # the parent ran faiss: its OpenMP pool is gone here
+        from . import knn
+
+        knn.limit_threads_after_fork()
     try:
         labels = backend.fit(x, params)
         conn.send(("ok", (labels.labels, labels.probabilities, labels.details)))

@@ -109,10 +109,25 @@ class Neighbours:
     method: str
 
 
+_thread_cap: int | None = None
+
+
+def limit_threads_after_fork() -> None:
+    """Use one OpenMP thread from now on in this (forked) process.
+
+    GNU OpenMP's thread pool does not survive fork(): a child whose parent already ran
+    faiss spins forever in its first parallel region. A run's parent never runs faiss
+    (fits happen in children), so this only applies when a process ran faiss itself
+    before forking (the test suite does).
+    """
+    global _thread_cap
+    _thread_cap = 1
+
+
 def set_threads() -> None:
     import faiss
 
-    faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))
+    faiss.omp_set_num_threads(_thread_cap or max(1, os.cpu_count() or 1))
 
 
 class KnnIndex:
