@@ -4,14 +4,40 @@
 #   ./perform-clustering.sh DB [cluster options]      e.g. ./perform-clustering.sh panic.sqlite -d 100
 #
 # Writes the PID of the gpu-cluster process to logs/clustering.pid and refuses to start
-# while that process is alive. A stale PID file (process gone) is replaced. When the run
-# ends, its exit status and a final summary line are appended to the log.
+# while that process is alive (the PID file is claimed atomically, so two launches at
+# once start one run). A stale PID file (process gone) is replaced. When the run ends,
+# a summary line (gpu-cluster's own last word) and its exit status end the log.
 # Environment: GPU_CLUSTER (command to run; default: ./.venv/bin/gpu-cluster if present,
 # else gpu-cluster on PATH), LOG_DIR (default: logs).
 set -euo pipefail
 
+stamp() { date "+%Y-%m-%d %H:%M:%S"; }
+
+summary() {  # the run's outcome in one line, from its log: LOG EXIT_STATUS
+    local where result
+    where="$(grep -E '(interrupted|stopped by a database error) during ' "$1" | tail -n 1 \
+             | sed -E 's/^.* (ERROR|WARNING|INFO) //')" || true
+    result="$(grep -E '^(done: |gpu-cluster: )' "$1" | tail -n 1)" || true
+    echo "${result:-gpu-cluster ended without a summary (exit status $2); see the lines above}${where:+ ($where)}"
+}
+
+if [ "${1:-}" = "--wrapped-run" ]; then  # the nohup'd part: run, wait, record the outcome
+    log=$2; pid_file=$3; shift 3
+    echo "$(stamp) perform-clustering: starting: $*"
+    "$@" &
+    child=$!
+    echo "$child" > "$pid_file"
+    trap 'kill -TERM "$child" 2>/dev/null' TERM INT HUP
+    rc=0; wait "$child" || rc=$?
+    while kill -0 "$child" 2>/dev/null; do rc=0; wait "$child" || rc=$?; done
+    rm -f "$pid_file"
+    echo "$(stamp) perform-clustering: summary: $(summary "$log" "$rc")"
+    echo "$(stamp) perform-clustering: finished with exit status $rc"
+    exit "$rc"
+fi
+
 if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 
@@ -29,34 +55,35 @@ log_dir="${LOG_DIR:-logs}"
 mkdir -p "$log_dir"
 pid_file="$log_dir/clustering.pid"
 
-if [ -f "$pid_file" ]; then
+claim() {  # create the PID file holding this launcher's PID, atomically; fails if it exists
+    local tmp="$pid_file.$$"
+    echo "$$" > "$tmp"
+    if ln "$tmp" "$pid_file" 2>/dev/null; then rm -f "$tmp"; return 0; fi
+    rm -f "$tmp"
+    return 1
+}
+
+refuse() {
+    echo "perform-clustering: a run is already in progress (PID $1, see $pid_file); not starting another" >&2
+    exit 1
+}
+
+if ! claim; then
     old_pid="$(cat "$pid_file" 2>/dev/null || true)"
     if [ -n "$old_pid" ] && kill -0 "$old_pid" 2>/dev/null \
-        && ps -p "$old_pid" -o args= 2>/dev/null | grep -q "gpu.cluster"; then
-        echo "perform-clustering: a run is already in progress (PID $old_pid, see $pid_file); not starting another" >&2
-        exit 1
+        && ps -p "$old_pid" -o args= 2>/dev/null | grep -q -E "gpu.cluster|perform-clustering"; then
+        refuse "$old_pid"
     fi
     echo "perform-clustering: removing stale PID file $pid_file (PID ${old_pid:-?} is not running)"
     rm -f "$pid_file"
+    claim || refuse "$(cat "$pid_file" 2>/dev/null || echo '?')"
 fi
 
 log="$log_dir/clustering-$(date +%Y%m%d-%H%M%S).log"
 # The wrapper runs gpu-cluster as a child so it can record the child's exit status.
-nohup bash -c '
-    log=$1; pid_file=$2; shift 2
-    echo "$(date "+%Y-%m-%d %H:%M:%S") perform-clustering: starting: $*"
-    "$@" &
-    child=$!
-    echo "$child" > "$pid_file"
-    trap "kill -TERM $child 2>/dev/null" TERM INT HUP
-    rc=0; wait "$child" || rc=$?
-    while kill -0 "$child" 2>/dev/null; do rc=0; wait "$child" || rc=$?; done
-    rm -f "$pid_file"
-    echo "$(date "+%Y-%m-%d %H:%M:%S") perform-clustering: finished with exit status $rc"
-    exit "$rc"
-' perform-clustering "$log" "$pid_file" "$GPU_CLUSTER" cluster "$@" >"$log" 2>&1 < /dev/null &
+nohup bash "$0" --wrapped-run "$log" "$pid_file" "$GPU_CLUSTER" cluster "$@" >"$log" 2>&1 < /dev/null &
 
-for _ in $(seq 50); do [ -s "$pid_file" ] && break; sleep 0.1; done
+for _ in $(seq 50); do [ "$(cat "$pid_file" 2>/dev/null)" != "$$" ] && break; sleep 0.1; done
 echo "started gpu-cluster (PID $(cat "$pid_file" 2>/dev/null || echo '?'))"
 echo "log:     $log"
 echo "follow:  tail -f $log"

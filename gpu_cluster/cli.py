@@ -42,8 +42,24 @@ class Terminated(KeyboardInterrupt):
 
 
 def interrupt_on_sigterm(signum, frame):
-    log.error("received SIGTERM: stopping; the current model's results are not written")
+    log.error("received SIGTERM: stopping; the model in progress is stored whole or not at all")
     raise Terminated
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT raise KeyboardInterrupt, even where SIGINT was inherited as
+    ignored (a background job under ``nohup ... &``), so ``kill -INT`` stops a run too."""
+    signal.signal(signal.SIGTERM, interrupt_on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def lock_timeout_option(f):
+    """``--lock-timeout``, shared by every command that opens a database."""
+    return click.option(
+        "--lock-timeout", default=P.DEFAULT_LOCK_TIMEOUT_S, show_default=True, type=float,
+        help="Seconds to wait while another process (panic-tda, say) holds the database's "
+             "lock, logging while it waits; then stop with an error (results stored "
+             "before stay).")(f)
 
 
 def setup_output(heartbeat_s: float) -> Reporter:
@@ -101,7 +117,7 @@ def param_options(f):
                      help="Counts the point itself, as scikit-learn does. Default: "
                           "min-cluster-size, capped to fit the memory budget."),
         click.option("--memory-budget", default=None, callback=size_option,
-                     help="Host memory a CPU fit may plan with, e.g. 12GiB (default: half the RAM)."),
+                     help="Host memory a CPU fit may plan with, e.g. 12GiB (default: 45% of the RAM)."),
         click.option("--gpu-memory", default=None, callback=size_option,
                      help="GPU memory to plan with, e.g. 80GiB (default: the device's free memory)."),
     ]
@@ -141,8 +157,10 @@ def demo_db(path, text_invocations, dim, seed):
 @click.option("--replace", is_flag=True, help="Delete each model's earlier results (same transaction).")
 @click.option("--heartbeat", default=DEFAULT_HEARTBEAT_S, show_default=True, type=float,
               help="Seconds between progress lines when output is not a terminal.")
+@lock_timeout_option
 def cluster(db, downsample, models, device, algorithm, epsilon, min_cluster_size,
-            min_samples, memory_budget, gpu_memory, batch_size, replace, heartbeat):
+            min_samples, memory_budget, gpu_memory, batch_size, replace, heartbeat,
+            lock_timeout):
     """Cluster each embedding model of DB and store one result per model."""
     from .pipeline import RunOptions, cluster_database
 
@@ -150,10 +168,10 @@ def cluster(db, downsample, models, device, algorithm, epsilon, min_cluster_size
         downsample=downsample, models=tuple(models), device=device, algorithm=algorithm,
         requested=requested_params(epsilon, min_cluster_size, min_samples),
         batch_size=batch_size, replace=replace, memory_budget=memory_budget,
-        gpu_memory=gpu_memory,
+        gpu_memory=gpu_memory, lock_timeout=lock_timeout,
     )
     reporter = setup_output(heartbeat)
-    signal.signal(signal.SIGTERM, interrupt_on_sigterm)
+    stop_on_signals()
     summary = cluster_database(db, options, reporter)
     for o in summary.outcomes:
         if o.status == "clustered":
@@ -167,11 +185,20 @@ def cluster(db, downsample, models, device, algorithm, epsilon, min_cluster_size
     sys.exit(0 if summary.ok else 1)
 
 
+def open_checked(db: str, lock_timeout: float, *, write: bool = False):
+    """Validate --lock-timeout, then open ``db``."""
+    from .database import open_database
+
+    P.validate(lock_timeout=lock_timeout)
+    return open_database(db, write=write, lock_timeout_s=lock_timeout)
+
+
 @main.command()
 @click.argument("db")
 @param_options
+@lock_timeout_option
 def plan(db, downsample, models, device, algorithm, epsilon, min_cluster_size, min_samples,
-         memory_budget, gpu_memory):
+         memory_budget, gpu_memory, lock_timeout):
     """Show what `cluster` would do per model; counts only, writes nothing.
 
     With --device gpu --gpu-memory SIZE it plans for such a GPU on any machine.
@@ -181,7 +208,7 @@ def plan(db, downsample, models, device, algorithm, epsilon, min_cluster_size, m
     dev, plans = plan_database(
         db, downsample=downsample, models=tuple(models), device=device, algorithm=algorithm,
         requested=requested_params(epsilon, min_cluster_size, min_samples),
-        memory_budget=memory_budget, gpu_memory=gpu_memory)
+        memory_budget=memory_budget, gpu_memory=gpu_memory, lock_timeout=lock_timeout)
     click.echo(f"device: {dev.kind} ({dev.why})")
     for p in plans:
         click.echo(plan_text(p))
@@ -221,12 +248,12 @@ def result_line(r) -> str:
 @main.command("list")
 @click.argument("db")
 @click.option("--model", "-m", default=None, help="Only this model's results.")
-def list_cmd(db, model):
+@lock_timeout_option
+def list_cmd(db, model, lock_timeout):
     """List every stored clustering result, oldest first."""
-    from .database import open_database
     from .results import list_results
 
-    results = list_results(open_database(db), model)
+    results = list_results(open_checked(db, lock_timeout), model)
     for r in results:
         click.echo(result_line(r))
     click.echo(f"{len(results)} result(s)")
@@ -234,12 +261,12 @@ def list_cmd(db, model):
 
 @main.command()
 @click.argument("db")
-def status(db):
+@lock_timeout_option
+def status(db, lock_timeout):
     """Show the latest stored result of each model."""
-    from .database import open_database
     from .results import latest_results
 
-    latest = latest_results(open_database(db))
+    latest = latest_results(open_checked(db, lock_timeout))
     for r in latest.values():
         click.echo(result_line(r))
     if not latest:
@@ -251,12 +278,13 @@ def status(db):
 @click.option("--model", "-m", default=None, help="Delete all of this model's results.")
 @click.option("--result", "result_id", default=None, help="Delete this one result (id).")
 @click.option("--yes", is_flag=True, help="Really delete (required).")
-def delete(db, model, result_id, yes):
+@lock_timeout_option
+def delete(db, model, result_id, yes, lock_timeout):
     """Delete stored results (with their embeddingcluster rows)."""
-    from .database import open_database
     from .results import delete_results
 
     if not yes:
         raise click.UsageError("refusing to delete without --yes")
-    n = delete_results(open_database(db, write=True), model=model, result_id=result_id)
+    engine = open_checked(db, lock_timeout, write=True)
+    n = delete_results(engine, model=model, result_id=result_id)
     click.echo(f"deleted {n} clustering result(s)")

@@ -2,24 +2,47 @@
 
 A missing SQLite file is an error, never silently created: files are opened through
 ``sqlite3``'s URI form with ``mode=rw`` (or ``mode=ro``). Transactions on SQLite are
-begun explicitly so that a write transaction can be ``BEGIN IMMEDIATE`` and short.
+begun explicitly so that a write transaction takes the write lock at BEGIN and is short.
+
+Waiting for another process's lock (panic-tda writing, say) is bounded: each attempt
+to take a lock waits at most ``LOCK_POLL_S`` inside SQLite, then the attempt is repeated
+until ``LockWait.timeout_s`` has passed, with a log line every ``heartbeat_s``. Short
+attempts keep SIGTERM/Ctrl-C prompt while waiting (a signal is handled only between
+SQLite calls).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from .errors import DatabaseError
+from .errors import DatabaseError, DatabaseLocked
+from .params import DEFAULT_LOCK_TIMEOUT_S
 from .schema import check_schema
 
+log = logging.getLogger("gpu_cluster")
+
 SQLITE_MAGIC = b"SQLite format 3\x00"
-DEFAULT_BUSY_TIMEOUT_S = 60.0
+DEFAULT_LOCK_HEARTBEAT_S = 10.0
+LOCK_POLL_S = 0.2  # SQLite's own busy wait per attempt: bounds the delay of a signal
+PG_DISK_FULL = "53100"  # PostgreSQL SQLSTATE disk_full
+
+
+@dataclass(frozen=True)
+class LockWait:
+    """How long to wait for another process's lock, and how often to say so (seconds)."""
+
+    timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+    heartbeat_s: float = DEFAULT_LOCK_HEARTBEAT_S
 
 
 @dataclass(frozen=True)
@@ -70,12 +93,60 @@ def check_sqlite_file(path: Path, *, write: bool) -> None:
         )
 
 
-def _sqlite_engine(path: Path, *, write: bool, busy_timeout_s: float) -> sa.Engine:
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """SQLITE_BUSY (any extended form): another connection holds the lock we need."""
+    return ((getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF) == sqlite3.SQLITE_BUSY
+
+
+def _try_begin(dbapi: sqlite3.Connection, write: bool) -> bool:
+    """One attempt to begin a transaction holding its lock; False if the file is busy.
+
+    A write takes the write lock at BEGIN (``EXCLUSIVE``: the same as ``IMMEDIATE`` in
+    WAL mode; in rollback-journal mode it also waits out readers here, so the COMMIT
+    never has to). A read takes its read lock at once with a tiny query, so a busy
+    file is met here, inside the bounded wait, and not by the first real query.
+    """
+    try:
+        if write:
+            dbapi.execute("BEGIN EXCLUSIVE")
+        else:
+            dbapi.execute("BEGIN")
+            dbapi.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        return True
+    except sqlite3.OperationalError as exc:
+        if not _is_busy(exc):
+            raise
+        if dbapi.in_transaction:
+            dbapi.execute("ROLLBACK")
+        return False
+
+
+def begin_when_unlocked(dbapi: sqlite3.Connection, write: bool, wait: LockWait) -> None:
+    """Begin a transaction, retrying while another process holds the lock.
+
+    Logs a heartbeat every ``wait.heartbeat_s`` and raises DatabaseLocked after
+    ``wait.timeout_s`` seconds.
+    """
+    kind = "write" if write else "read"
+    start = time.monotonic()
+    next_beat = wait.heartbeat_s
+    while not _try_begin(dbapi, write):
+        waited = time.monotonic() - start
+        if waited >= wait.timeout_s:
+            raise DatabaseLocked(wait.timeout_s)
+        if waited >= next_beat:
+            log.warning("waiting for the database %s lock (held by another process): "
+                        "%.0f s of %g s", kind, waited, wait.timeout_s)
+            next_beat += wait.heartbeat_s
+        time.sleep(0.05)  # SQLite waited LOCK_POLL_S already, unless it refused at once
+
+
+def _sqlite_engine(path: Path, *, write: bool, wait: LockWait) -> sa.Engine:
     mode = "rw" if write else "ro"
     uri = f"file:{quote(str(path.resolve()))}?mode={mode}"
 
     def connect() -> sqlite3.Connection:
-        conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout_s, check_same_thread=False)
+        conn = sqlite3.connect(uri, uri=True, timeout=LOCK_POLL_S, check_same_thread=False)
         conn.isolation_level = None  # we issue BEGIN ourselves (see _begin)
         return conn
 
@@ -83,26 +154,30 @@ def _sqlite_engine(path: Path, *, write: bool, busy_timeout_s: float) -> sa.Engi
 
     @sa.event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:
-        immediate = conn.get_execution_options().get("sqlite_immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        writing = conn.get_execution_options().get("sqlite_write", False)
+        begin_when_unlocked(conn.connection.dbapi_connection, writing, wait)
 
     return engine
 
 
 def open_database(
-    db: str, *, write: bool = False, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S
+    db: str, *, write: bool = False, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    lock_heartbeat_s: float = DEFAULT_LOCK_HEARTBEAT_S,
 ) -> sa.Engine:
     """Open ``db`` and check it holds panic-tda's tables.
 
     Args:
         db: a SQLite file path or a SQLAlchemy URL.
         write: open for writing (the file must be writable).
-        busy_timeout_s: how long a statement waits for another writer's lock, seconds.
+        lock_timeout_s: how long to wait for another process's lock on a SQLite file,
+            seconds, before DatabaseLocked is raised.
+        lock_heartbeat_s: seconds between "waiting for the lock" log lines.
     """
     target = parse_target(db)
     if target.sqlite_path is not None:
         check_sqlite_file(target.sqlite_path, write=write)
-        engine = _sqlite_engine(target.sqlite_path, write=write, busy_timeout_s=busy_timeout_s)
+        wait = LockWait(lock_timeout_s, lock_heartbeat_s)
+        engine = _sqlite_engine(target.sqlite_path, write=write, wait=wait)
     else:
         try:
             engine = sa.create_engine(target.url)
@@ -118,4 +193,30 @@ def open_database(
 
 def write_connection(engine: sa.Engine) -> sa.Connection:
     """A connection whose transactions take the write lock at BEGIN (SQLite)."""
-    return engine.connect().execution_options(sqlite_immediate=True)
+    return engine.connect().execution_options(sqlite_write=True)
+
+
+def failure_reason(orig: BaseException) -> tuple[str, str]:
+    """(what went wrong, what to do) for a driver error: full disk, lock, or other."""
+    code = (getattr(orig, "sqlite_errorcode", None) or 0) & 0xFF  # primary result code
+    if code == sqlite3.SQLITE_FULL or getattr(orig, "sqlstate", None) == PG_DISK_FULL:
+        return "database or disk is full", "free some space (or raise the quota) and rerun"
+    if code == sqlite3.SQLITE_BUSY:
+        return "the database stayed locked by another process", "rerun later"
+    return f"{type(orig).__name__}: {orig}", "see the database's message"
+
+
+@contextmanager
+def database_errors(doing: str, consequence: str = "") -> Iterator[None]:
+    """Turn a lock timeout or a driver error while ``doing`` into one clear DatabaseError.
+
+    ``doing`` completes "while ...", e.g. "writing Nomic's results"; ``consequence``
+    says what the failure left behind. Transactions opened inside roll back first.
+    """
+    try:
+        yield
+    except DatabaseLocked as exc:
+        raise DatabaseLocked(exc.waited_s, f"while {doing}{consequence}") from None
+    except sa.exc.DBAPIError as exc:
+        why, todo = failure_reason(exc.orig)
+        raise DatabaseError(f"{why} while {doing}{consequence}; {todo}") from None

@@ -17,6 +17,16 @@ class DatabaseError(GpuClusterError):
     exit_code = 2
 
 
+class DatabaseLocked(DatabaseError):
+    """Another process held the lock we needed for longer than the lock timeout."""
+
+    def __init__(self, waited_s: float, context: str = ""):
+        where = f" {context}" if context else ""
+        super().__init__(f"the database stayed locked by another process for {waited_s:g} s"
+                         f"{where}; rerun later or raise --lock-timeout")
+        self.waited_s = waited_s
+
+
 class SchemaError(DatabaseError):
     """The database lacks panic-tda's tables or columns."""
 

@@ -22,6 +22,7 @@ from .staging import open_sink
 log = logging.getLogger("gpu_cluster")
 
 ID_DTYPE = "S32"  # 32 lowercase hex digits: panic-tda's id storage form
+MAX_UNUSABLE_FRACTION = 0.5  # above this, a model's rows are mostly bad: skip it
 
 
 @dataclass
@@ -57,6 +58,27 @@ def usable_rows(block: np.ndarray) -> tuple[np.ndarray, Counter]:
     nonzero = np.any(block != 0, axis=1)
     bad = Counter({"non_finite": int((~finite).sum()), "zero_vector": int((finite & ~nonzero).sum())})
     return finite & nonzero, +bad
+
+
+def mostly_unusable_reason(sel: Selection, skipped: Counter | None = None) -> str | None:
+    """Why a model is skipped when most of its selected rows are unusable, else None.
+
+    Counts the rows at the selected positions: a wrong blob length (a different dim
+    included) or a NULL vector (known from the survey), and, once read, NaN/inf or
+    all-zero vectors (``skipped``). More than ``MAX_UNUSABLE_FRACTION`` unusable means
+    the model's embeddings were written wrongly, and clustering the rest would mislead.
+    """
+    read = sorted((skipped or {}).items())  # a fixed order, whatever batch met a kind first
+    bad = {"wrong_length": sel.wrong_length, "null_vector": sel.null_vectors,
+           **{kind: count for kind, count in read if kind != "arrived_after_survey"}}
+    bad = {kind: count for kind, count in bad.items() if count}
+    selected = sel.expected_rows + sel.wrong_length + sel.null_vectors
+    unusable = sum(bad.values())
+    if unusable <= MAX_UNUSABLE_FRACTION * selected:
+        return None
+    kinds = ", ".join(f"{kind}={count}" for kind, count in bad.items())
+    return (f"{unusable} of {selected} selected rows are unusable ({kinds}); check how this "
+            f"model's embeddings were computed and stored")
 
 
 def hex_ids(ids: list) -> np.ndarray:

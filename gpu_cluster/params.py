@@ -15,6 +15,7 @@ from .errors import ParameterError
 DEFAULT_EPSILON = 0.4
 DEFAULT_FRACTION = 0.001
 DEFAULT_BATCH_SIZE = 10_000
+DEFAULT_LOCK_TIMEOUT_S = 60.0  # waiting for another process's database lock
 
 # name -> (predicate, message). Checked once, at the boundary, before any work.
 CONSTRAINTS = {
@@ -27,6 +28,10 @@ CONSTRAINTS = {
     "min_samples": (
         lambda v: v is None or (isinstance(v, int) and v >= 1),
         "must be an integer >= 1",
+    ),
+    "lock_timeout": (
+        lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
+        "must be a number of seconds >= 0",
     ),
     "batch_size": (
         lambda v: isinstance(v, int) and 1 <= v <= 1_000_000,

@@ -3,7 +3,8 @@
 A ``clusteringresult`` row (JSON ``parameters`` and ``clusters`` exactly as panic-tda
 stores them) plus one ``embeddingcluster`` row per clustered embedding, inserted with
 ``executemany`` in chunks. Nothing is written until clustering is over; the
-transaction either commits whole or leaves nothing.
+transaction either commits whole or leaves nothing: an interruption, a full disk or a
+lock held past the timeout rolls it back (the last two become one DatabaseError).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from .backends import NOISE
-from .database import write_connection
+from .database import database_errors, write_connection
 from .ids import dashed, new_ids
 from .progress import Stage
 from .schema import clusteringresult, embedding, embeddingcluster, invocation
@@ -90,12 +91,25 @@ def write_result(
     """Insert ``result`` in one transaction; returns the new clusteringresult id (hex).
 
     With ``replace``, the model's earlier results are deleted in the same transaction.
+    Raises DatabaseError (nothing of this result written) on a full disk, a lock held
+    past the lock timeout, or any other driver error.
     """
     assert result.labels.min(initial=0) >= NOISE
     result_id = new_ids.hex()
     medoid_ids = [result.ids[r].decode() for r in result.medoid_rows]
-    with engine.connect() as conn:  # a read: no write lock while looking up texts
-        texts = medoid_texts(conn, medoid_ids)
+    doing = f"writing {result.model}'s results"
+    with database_errors(doing, "; nothing of them was written (results stored before stay)"):
+        with engine.connect() as conn:  # a read: no write lock while looking up texts
+            texts = medoid_texts(conn, medoid_ids)
+        insert_result(engine, result, result_id, texts, replace=replace, stage=stage)
+    return result_id
+
+
+def insert_result(
+    engine: sa.Engine, result: ResultToWrite, result_id: str, texts: dict[str, str | None],
+    *, replace: bool, stage: Stage | None,
+) -> None:
+    """The write transaction itself: optional delete, the result row, the memberships."""
     with write_connection(engine) as conn, conn.begin():
         if replace:
             result.parameters["replaced_results"] = delete_model_results(conn, result.model)
@@ -112,4 +126,3 @@ def write_result(
             conn.execute(embeddingcluster.insert(), membership_rows(result, result_id, start, stop))
             if stage is not None:
                 stage.advance(stop - start)
-    return result_id
