@@ -35,7 +35,7 @@ from . import Labels
 NAME = "knn"
 DEVICE = "cpu"
 
-MIN_GRAPH_K = 16  # neighbours per distinct point, at least: keeps the graph connected
+MIN_GRAPH_K = 32  # neighbours per distinct point, at least (ARI 0.971 at 16, 0.985 at 32 = exact MST, on MiniLM vectors)
 # Up to this many distinct rows the "kNN" graph is complete (k = m - 1): the MST, and so
 # the clustering, is then exactly scikit-learn's; it costs m² edges (~160 MB at 2,000).
 FULL_GRAPH_MAX_ROWS = 2000
