@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from collections import Counter
 from dataclasses import dataclass, field, replace
 from types import ModuleType
 

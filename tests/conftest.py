@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import sqlite3
 
 import pytest
 
-from gpu_cluster.demo import DemoSpec, make_demo_db
+from gpu_cluster.demo import DemoSpec
+from helpers import make_copyable_demo
 
 # 3,000 TEXT invocations -> 3,000 vectors per real model; factor 10 -> 300 per model.
 DEMO_SPEC = DemoSpec(text_invocations=3000, dim=768, seed=1, max_length=60)
@@ -15,11 +15,7 @@ DEMO_SPEC = DemoSpec(text_invocations=3000, dim=768, seed=1, max_length=60)
 
 @pytest.fixture(scope="session")
 def demo_template(tmp_path_factory):
-    path = tmp_path_factory.mktemp("demo") / "template.sqlite"
-    make_demo_db(path, DEMO_SPEC)
-    with sqlite3.connect(path) as conn:  # fold the WAL in so a file copy is complete
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return path
+    return make_copyable_demo(tmp_path_factory.mktemp("demo") / "template.sqlite", DEMO_SPEC)
 
 
 @pytest.fixture

@@ -39,3 +39,13 @@ def nested_blobs(n: int, dim: int, *, seed: int = 0, sub_spread: float = 0.15,
     pick = rng.integers(0, 12, n)
     x = unit(subs.reshape(12, dim)[pick] + point_spread * unit(rng.standard_normal((n, dim))))
     return x.astype(np.float32)
+
+
+def make_copyable_demo(path, spec):
+    """A demo database at ``path`` with its WAL folded in, so a file copy is complete."""
+    from gpu_cluster.demo import make_demo_db
+
+    make_demo_db(path, spec)
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path

@@ -27,7 +27,8 @@ from benchmarks.runner import SweepConfig, run_sweep  # noqa: E402
 from benchmarks.synthetic import synthetic_embeddings  # noqa: E402
 from gpu_cluster.backends import MODULES, Labels  # noqa: E402
 from gpu_cluster.budget import plan_linear  # noqa: E402
-from gpu_cluster.demo import DemoSpec, make_demo_db  # noqa: E402
+from helpers import make_copyable_demo  # noqa: E402
+from gpu_cluster.demo import DemoSpec  # noqa: E402
 from gpu_cluster.device import Device  # noqa: E402
 
 # 2,000 TEXT invocations in runs of 20: factor 100 -> 100 rows per model, factor 10 -> 200.
@@ -39,11 +40,7 @@ STAGES_RUN = {"select", "read", "normalise", "cluster", "medoids", "write"}
 
 @pytest.fixture(scope="module")
 def bench_template(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bench") / "template.sqlite"
-    make_demo_db(path, SPEC)
-    with sqlite3.connect(path) as conn:  # fold the WAL in so the file is the whole database
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return path
+    return make_copyable_demo(tmp_path_factory.mktemp("bench") / "template.sqlite", SPEC)
 
 
 @pytest.fixture
