@@ -12,10 +12,12 @@ fork, and cuML releases the GIL.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import sys
 import threading
 import traceback
+from contextlib import contextmanager
 from types import ModuleType
 
 from .backends import Labels
@@ -70,25 +72,70 @@ def _child(backend: ModuleType, x, params: HdbscanParams, conn) -> None:
         conn.close()
 
 
+@contextmanager
+def interrupts_deferred():
+    """Hold SIGINT/SIGTERM until the block ends, then act on the first one.
+
+    An interrupt that lands inside ``fork()``'s after-fork callbacks (logging's lock
+    release, say) is raised there and *ignored* by Python: the run would go on. So the
+    handlers only record the signal while forking; the original handler runs after.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if caught:
+            replay(caught[0], old[caught[0]])
+
+
+def replay(signum: int, handler) -> None:
+    """Act on a deferred signal as its original handler would have."""
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL and signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    elif handler == signal.SIG_DFL:
+        os.kill(os.getpid(), signum)
+
+
 def fit_in_child(backend: ModuleType, x, params: HdbscanParams) -> Labels:
     """Fit in a forked child; raise its error here, or FitCrashed if it died."""
     ctx = multiprocessing.get_context("fork")
     parent_end, child_end = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(backend, x, params, child_end), daemon=True)
-    proc.start()
-    child_end.close()
     try:
+        with interrupts_deferred():
+            proc.start()
+        child_end.close()
         message = receive(parent_end, proc)
     finally:
-        if proc.is_alive():
-            proc.terminate()
-        proc.join()
+        stop(proc)
     status, payload = message
     if status == "ok":
         return Labels(*payload)
     name, text, trace = payload
     error = {"MemoryError": MemoryError, "ValueError": ValueError}.get(name, RuntimeError)
     raise error(f"{name} in the fit: {text}\n{trace}" if error is RuntimeError else text)
+
+
+def stop(proc) -> None:
+    """End the child if it still runs (SIGTERM, then SIGKILL after 2 s)."""
+    if proc.pid is None:
+        return
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(2)
+    if proc.is_alive():
+        proc.kill()
+    proc.join()
 
 
 def receive(conn, proc):

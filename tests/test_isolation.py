@@ -77,3 +77,16 @@ def test_gpu_backends_fit_in_a_thread():
 
     isolation.fit(fake_backend(fit, device="gpu"), np.zeros((1, 2)), P)
     assert seen["pid"] == os.getpid()
+
+
+def test_an_interrupt_during_the_fork_is_not_lost():
+    """A SIGINT landing while the child is forked is held, then raised after the fork."""
+    import signal as sig
+
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with isolation.interrupts_deferred():
+            os.kill(os.getpid(), sig.SIGINT)  # arrives inside the protected window
+            reached.append("after the signal")  # still here: the handler only recorded it
+    assert reached == ["after the signal"]
+    assert sig.getsignal(sig.SIGINT) is sig.default_int_handler  # handler restored
