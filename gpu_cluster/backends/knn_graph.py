@@ -201,13 +201,14 @@ def plan_params(params: HdbscanParams, n: int, dim: int, *, available: int, expl
 
 
 # Rough, for plans and heartbeats; measured on this project's 2-core machine (768-d):
-# exact search ~2·m²·d at 150 GFLOP/s; HNSW build + search ~0.4 ms per row at k = 16.
+# exact search ~2·m²·d at 150 GFLOP/s; HNSW build + search ~0.32 ms per row at k = 42
+# (1.1M rows: 352 s), graph + MST ~1 µs per edge (44 s).
 def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
     """Rough (seconds, peak host bytes) of one fit of n x dim rows."""
     k = graph_k(params)
     if n <= knn.EXACT_MAX_ROWS:
-        seconds = 2.0 * n * n * dim / 150e9 + 2e-5 * n * k
+        seconds = 2.0 * n * n * dim / 150e9 + 1e-6 * n * k
     else:
-        seconds = 4e-4 * n * (dim / 768) * (k / 16) ** 0.5 + 2e-5 * n * k
+        seconds = 3.2e-4 * n * (dim / 768) * (k / 42) ** 0.5 + 1e-6 * n * k
     fixed, per_k = memory_model(n, dim)
     return seconds, int(fixed + per_k * k)
