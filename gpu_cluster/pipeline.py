@@ -92,7 +92,7 @@ def library_versions() -> dict:
             "python": platform.python_version()}
 
 
-def survey(engine: sa.Engine, models: tuple[str, ...], reporter: Reporter) -> dict[str, ModelSurvey]:
+def survey_models(engine: sa.Engine, models: tuple[str, ...], reporter: Reporter) -> dict[str, ModelSurvey]:
     """Count every model's embeddings by layout (one grouped query)."""
     with reporter.stage("survey", unit="queries"), database_errors("surveying the embeddings"):
         with engine.connect() as conn:
@@ -132,7 +132,7 @@ def cluster_database(db: str, options: RunOptions, reporter: Reporter | None = N
         backend = load_backend(device.kind, options.algorithm)
         log.info("device: %s (%s); backend: %s", device.kind, device.why, backend.NAME)
         place = "survey"
-        surveys = survey(engine, options.models, reporter)
+        surveys = survey_models(engine, options.models, reporter)
         for i, (model, s) in enumerate(surveys.items(), 1):
             log.info("model %d/%d: %s", i, len(surveys), model)
             place, clock = model, ModelClock()

@@ -1,7 +1,7 @@
 """Progress reporting: one interface, a log-line implementation and a rich one.
 
 The library reports through a :class:`Reporter`; it never prints. Under ``nohup`` (output
-not a terminal) :class:`LogReporter` writes timestamped log lines and a heartbeat at a
+not a terminal) the base :class:`Reporter` writes timestamped log lines and a heartbeat at a
 fixed interval in every stage — counts, rate and ETA when the stage has a total, elapsed
 time and the planner's estimate when it has none (an HDBSCAN fit). On a terminal the CLI
 uses :class:`RichReporter`, which draws bars and still logs stage starts and ends.
@@ -114,8 +114,6 @@ class Reporter:
     def _close(self, st: Stage) -> None:
         pass
 
-
-LogReporter = Reporter
 
 
 class RichReporter(Reporter):
