@@ -2,6 +2,7 @@
 
     python benchmarks/parity.py --db out/demo.sqlite --model Nomic --sizes 5000,10000,20000
     python benchmarks/parity.py --vectors out/sentences.npy --sizes 5000,10000,20000
+    python benchmarks/parity.py --shape far_apart --sizes 3000 --epsilon 0
 
 For each data set and size n: n rows sampled (seeded) from the data, L2-normalised,
 clustered by ``knn`` and by ``reference`` with the run's default parameters
@@ -36,12 +37,12 @@ def db_vectors(path: str, model: str) -> np.ndarray:
     return np.stack([np.frombuffer(b, "<f4") for b in blobs]).astype(np.float32)
 
 
-def compare(x: np.ndarray, n: int, seed: int) -> dict:
+def compare(x: np.ndarray, n: int, seed: int, epsilon: float = P.DEFAULT_EPSILON) -> dict:
     """knn vs reference on n rows sampled from x."""
     rows = np.sort(np.random.default_rng(seed).choice(len(x), size=n, replace=False))
     sample = np.ascontiguousarray(x[rows])
     normalise_rows(sample)
-    params = P.resolve(P.RequestedParams(), n)
+    params = P.resolve(P.RequestedParams(epsilon=epsilon), n)
     out = {"n": n, "dim": int(x.shape[1]), "min_samples": params.min_samples,
            "distinct": int(len(np.unique(sample, axis=0)))}
     fits = {}
@@ -52,6 +53,8 @@ def compare(x: np.ndarray, n: int, seed: int) -> dict:
         out[f"{name}_clusters"] = fits[name].n_clusters
         out[f"{name}_noise"] = fits[name].n_noise / n
     out["ari"] = adjusted_rand_score(fits["reference"].labels, fits["knn"].labels)
+    out["epsilon"] = epsilon
+    out["knn_details"] = fits["knn"].details
     out["speed_ratio"] = out["reference_seconds"] / out["knn_seconds"]
     return out
 
@@ -61,18 +64,26 @@ def main() -> None:
     ap.add_argument("--db", help="panic-tda SQLite file (with --model)")
     ap.add_argument("--model", default="Nomic")
     ap.add_argument("--vectors", help=".npy file of (n, d) float32 vectors")
+    ap.add_argument("--shape", help="a generated shape from benchmarks/shapes.py (e.g. far_apart)")
+    ap.add_argument("--epsilon", type=float, default=P.DEFAULT_EPSILON)
     ap.add_argument("--sizes", default="5000,10000,20000")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="out/parity.json")
     args = ap.parse_args()
-    x = db_vectors(args.db, args.model) if args.db else np.load(args.vectors).astype(np.float32)
-    source = f"{args.db}:{args.model}" if args.db else args.vectors
+    if args.shape:
+        from benchmarks.shapes import SHAPES
+
+        x = SHAPES[args.shape](n=max(int(v) for v in args.sizes.split(",")))[0]
+        source = f"shape:{args.shape}"
+    else:
+        x = db_vectors(args.db, args.model) if args.db else np.load(args.vectors).astype(np.float32)
+        source = f"{args.db}:{args.model}" if args.db else args.vectors
     results = []
     for n in (int(v) for v in args.sizes.split(",")):
-        r = {"source": source, **compare(x, min(n, len(x)), args.seed)}
+        r = {"source": source, **compare(x, min(n, len(x)), args.seed, args.epsilon)}
         results.append(r)
         print(f"{source} n={r['n']:>6} distinct={r['distinct']:>6} ms={r['min_samples']:>3} "
-              f"ARI={r['ari']:.4f} clusters {r['knn_clusters']}/{r['reference_clusters']} "
+              f"eps={r['epsilon']} ARI={r['ari']:.4f} clusters {r['knn_clusters']}/{r['reference_clusters']} "
               f"knn {r['knn_seconds']:.1f}s ref {r['reference_seconds']:.1f}s "
               f"ratio {r['speed_ratio']:.0f}x", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,9 @@ import traceback
 from contextlib import contextmanager
 from types import ModuleType
 
+from . import errors
 from .backends import Labels
+from .errors import GpuClusterError
 from .params import HdbscanParams
 
 POLL_S = 0.2
@@ -66,7 +68,9 @@ def _child(backend: ModuleType, x, params: HdbscanParams, conn) -> None:
     try:
         labels = backend.fit(x, params)
         conn.send(("ok", (labels.labels, labels.probabilities, labels.details)))
-    except BaseException as exc:  # report any failure, typed, to the parent
+    except GpuClusterError as exc:  # an expected failure keeps its type and message
+        conn.send(("domain", (type(exc).__name__, str(exc))))
+    except BaseException as exc:  # report any other failure, typed, to the parent
         conn.send(("error", (type(exc).__name__, str(exc), traceback.format_exc())))
     finally:
         conn.close()
@@ -121,9 +125,23 @@ def fit_in_child(backend: ModuleType, x, params: HdbscanParams) -> Labels:
     status, payload = message
     if status == "ok":
         return Labels(*payload)
+    if status == "domain":
+        raise domain_error(*payload)
     name, text, trace = payload
     error = {"MemoryError": MemoryError, "ValueError": ValueError}.get(name, RuntimeError)
     raise error(f"{name} in the fit: {text}\n{trace}" if error is RuntimeError else text)
+
+
+def domain_error(name: str, text: str) -> GpuClusterError:
+    """The child's GpuClusterError, rebuilt here with its own class and message."""
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, GpuClusterError)):
+        cls = GpuClusterError
+    error = cls.__new__(cls)
+    Exception.__init__(error, text)
+    if isinstance(error, errors.ModelSkipped):
+        error.reason = text
+    return error
 
 
 def stop(proc) -> None:

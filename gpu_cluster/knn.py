@@ -166,23 +166,9 @@ class KnnIndex:
         index.nprobe = IVF_NPROBE
         return index, f"ivf(nlist={nlist},nprobe={IVF_NPROBE})"
 
-    def search(self, rows: np.ndarray, k: int, exclude: np.ndarray | None = None):
-        """(ids, cosines) of the k best rows for the query rows ``rows`` (ids into x).
-
-        ``exclude``: sorted int64 ids never to return (e.g. the query's own component).
-        """
-        import faiss
-
-        params = None
-        if exclude is not None:
-            self._selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(exclude))  # kept alive
-            if self.kind == "exact":
-                params = faiss.SearchParameters(sel=self._selector)
-            elif self.kind == "ivf":
-                params = faiss.SearchParametersIVF(sel=self._selector, nprobe=IVF_NPROBE)
-            else:
-                params = faiss.SearchParametersHNSW(sel=self._selector, efSearch=self.ef_search)
-        sims, found = self.index.search(self.x[rows], k, params=params)
+    def search(self, rows: np.ndarray, k: int):
+        """(ids, cosines) of the k best indexed rows for the query rows ``rows`` (ids into x)."""
+        sims, found = self.index.search(self.x[rows], k)
         return found.astype(np.int64), sims
 
 
@@ -205,27 +191,42 @@ def nearest_neighbours(
             rows = np.arange(s, min(s + _BLOCK, m))
             found, sims = index.search(rows, k + 1)
             idx[rows], dist[rows] = drop_self(found, sims, rows, k)
+        complete_short_lists(index.x, idx, dist)
     refine_near_distances(index.x, idx, dist)
     return Neighbours(idx, dist, index.method), index
 
 
-def exact_neighbours(x: np.ndarray, k: int, *, block: int = EXACT_BLOCK_ROWS):
+def complete_short_lists(x: np.ndarray, idx: np.ndarray, dist: np.ndarray) -> int:
+    """Search exactly, in place, the rows whose approximate list came back short (-1 ids).
+
+    An HNSW search can return fewer than k ids (a query stuck in a small, isolated part of
+    the graph); a short list would give a wrong (infinite) core distance. Returns how many.
+    """
+    short = np.flatnonzero((idx < 0).any(axis=1))
+    if short.size:
+        idx[short], dist[short] = exact_neighbours(x, idx.shape[1], rows=short)
+    return int(short.size)
+
+
+def exact_neighbours(x: np.ndarray, k: int, *, rows: np.ndarray | None = None,
+                     block: int = EXACT_BLOCK_ROWS):
     """Exact k nearest other rows of unit rows ``x`` ((m, d) float32), by blocked GEMM.
 
-    Returns (indices (m, k) int64, distances (m, k) float64), ascending distance.
+    ``rows``: the query rows (default all). Returns (indices (q, k) int64, distances (q, k)
+    float64), ascending distance.
     """
-    m = x.shape[0]
-    idx = np.empty((m, k), np.int64)
-    dist = np.empty((m, k), np.float64)
-    for s in range(0, m, block):
-        sims = x[s : s + block] @ x.T  # (b, m) cosines
-        b = sims.shape[0]
-        sims[np.arange(b), np.arange(s, s + b)] = -np.inf  # not its own neighbour
+    rows = np.arange(x.shape[0]) if rows is None else rows
+    idx = np.empty((rows.size, k), np.int64)
+    dist = np.empty((rows.size, k), np.float64)
+    for s in range(0, rows.size, block):
+        q = rows[s:s + block]
+        sims = x[q] @ x.T  # (b, m) cosines
+        sims[np.arange(q.size), q] = -np.inf  # not its own neighbour
         part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         top = np.take_along_axis(sims, part, axis=1)
         order = np.argsort(-top, axis=1, kind="stable")
-        idx[s : s + b] = np.take_along_axis(part, order, axis=1)
-        dist[s : s + b] = cosine_to_distance(np.take_along_axis(top, order, axis=1))
+        idx[s:s + q.size] = np.take_along_axis(part, order, axis=1)
+        dist[s:s + q.size] = cosine_to_distance(np.take_along_axis(top, order, axis=1))
     return idx, dist
 
 

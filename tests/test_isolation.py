@@ -90,3 +90,18 @@ def test_an_interrupt_during_the_fork_is_not_lost():
             reached.append("after the signal")  # still here: the handler only recorded it
     assert reached == ["after the signal"]
     assert sig.getsignal(sig.SIGINT) is sig.default_int_handler  # handler restored
+
+
+def test_a_domain_error_in_the_child_keeps_its_type_and_message():
+    """An EnvironmentProblem (or any GpuClusterError) raised in the fit child arrives as
+    itself, so the CLI renders one line instead of a RuntimeError with a traceback."""
+    import types
+
+    from gpu_cluster.errors import EnvironmentProblem
+
+    def fit(x, params):
+        raise EnvironmentProblem("numpy 9.9 with scikit-learn 0.1 is known to fail")
+
+    backend = types.SimpleNamespace(fit=fit, NAME="raising")
+    with pytest.raises(EnvironmentProblem, match=r"^numpy 9.9 with scikit-learn 0.1 is known to fail$"):
+        isolation.fit_in_child(backend, np.zeros((3, 2), np.float32), None)

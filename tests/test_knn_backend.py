@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from gpu_cluster import knn
-from gpu_cluster.backends import knn_graph, reference
+from gpu_cluster.backends import dense_mst, knn_graph, reference
 from gpu_cluster.budget import GIB, MemoryBudgetError
 from gpu_cluster.params import HdbscanParams, RequestedParams, resolve
 from helpers import blobs, nested_blobs
@@ -29,18 +29,18 @@ def ari_against_reference(x, p):
     return adjusted_rand_score(ref.labels, ours.labels), ours, ref
 
 
-def test_small_inputs_use_the_complete_graph_and_equal_the_reference():
+def test_small_inputs_use_the_exact_dense_mst_and_equal_the_reference():
     x = with_duplicates(nested_blobs(900, 768, seed=3))
     ari, ours, ref = ari_against_reference(x, params(5))
     assert ari == 1.0 and ours.n_clusters == ref.n_clusters == 3
-    assert ours.details["k"] == ours.details["n_distinct"] - 1  # complete graph
+    assert ours.details["mst"] == "exact (dense Prim)"
     np.testing.assert_allclose(ours.probabilities, ref.probabilities, atol=1e-9)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_true_knn_graph_parity(monkeypatch, seed):
     """The kNN path proper (no complete graph): ARI >= 0.98 against the reference."""
-    monkeypatch.setattr(knn_graph, "FULL_GRAPH_MAX_ROWS", 0)
+    monkeypatch.setattr(dense_mst, "DENSE_MAX_ROWS", 0)
     x = with_duplicates(blobs(2500, 256, seed=seed, centres=12, spread=0.12), seed=seed)
     ari, ours, ref = ari_against_reference(x, resolve(RequestedParams(min_cluster_size=10), len(x)))
     assert ours.details["k"] == knn_graph.MIN_GRAPH_K and ours.details["knn"] == "exact"
@@ -48,7 +48,7 @@ def test_true_knn_graph_parity(monkeypatch, seed):
 
 
 def test_approximate_search_parity(monkeypatch):
-    monkeypatch.setattr(knn_graph, "FULL_GRAPH_MAX_ROWS", 0)
+    monkeypatch.setattr(dense_mst, "DENSE_MAX_ROWS", 0)
     monkeypatch.setattr(knn, "EXACT_MAX_ROWS", 100)
     x = with_duplicates(blobs(2500, 128, seed=5, centres=10, spread=0.12))
     ari, ours, _ = ari_against_reference(x, params(10))
@@ -58,7 +58,7 @@ def test_approximate_search_parity(monkeypatch):
 
 def test_disconnected_knn_graph_is_joined(monkeypatch):
     """Far-apart groups: each group's kNN stay inside it; the joins make one tree."""
-    monkeypatch.setattr(knn_graph, "FULL_GRAPH_MAX_ROWS", 0)
+    monkeypatch.setattr(dense_mst, "DENSE_MAX_ROWS", 0)
     x = blobs(1200, 64, seed=2, centres=6, spread=0.05)
     ari, ours, ref = ari_against_reference(x, params(10))
     assert ours.details["components_joined"] >= 6
@@ -67,7 +67,7 @@ def test_disconnected_knn_graph_is_joined(monkeypatch):
 
 def test_heavy_duplicates_core_distance_zero(monkeypatch):
     """Copies >= min_samples: core distance 0, as in the reference's dense path."""
-    monkeypatch.setattr(knn_graph, "FULL_GRAPH_MAX_ROWS", 0)
+    monkeypatch.setattr(dense_mst, "DENSE_MAX_ROWS", 0)
     base = blobs(40, 32, seed=7, centres=4, spread=0.05)
     x = np.concatenate([np.repeat(base[:10], 30, axis=0), base[10:]])  # 10 texts x 30 copies
     nb_counts = knn.distinct_rows(x).counts

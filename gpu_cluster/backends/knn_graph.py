@@ -3,14 +3,15 @@
 Steps, for (n, d) unit rows ``x``:
 
 1. group identical rows; work on the m distinct vectors, each with its multiplicity;
-2. k nearest distinct neighbours (faiss: exact below ``knn.EXACT_MAX_ROWS`` rows,
-   HNSW above);
-3. core distance of a distinct vector: the distance at which its neighbourhood —
+2. up to ``dense_mst.DENSE_MAX_ROWS`` distinct rows: the exact mutual-reachability MST
+   (Prim on the dense distance matrix), then step 6; above:
+3. k nearest distinct neighbours (exact below ``knn.EXACT_MAX_ROWS`` rows, faiss HNSW
+   above; rows whose list comes back short are searched exactly); core distance of a distinct vector: the distance at which its neighbourhood —
    itself and its copies first, then its neighbours with theirs — holds ``min_samples``
    points (scikit-learn's convention: the point counts itself);
 4. mutual reachability ``max(core_i, core_j, d_ij)`` on the symmetrised kNN graph;
-   disconnected components are joined by Borůvka rounds (each component adds its
-   lightest exit edge, searched in the same index with the component excluded);
+   disconnected components are joined by Borůvka rounds, each component adding its
+   exact lightest exit edge (``component_joins``);
 5. minimum spanning tree (scipy) over distinct vectors; every copy hangs off its
    representative at the representative's core distance — exactly the edge the full
    mutual-reachability MST would use, since no edge of the copy is shorter;
@@ -30,25 +31,19 @@ from scipy.sparse import csgraph
 from .. import knn
 from ..budget import plan_linear
 from ..params import HdbscanParams
-from . import Labels
+from . import Labels, component_joins, dense_mst
 
 NAME = "knn"
 DEVICE = "cpu"
 
 MIN_GRAPH_K = 32  # neighbours per distinct point, at least (ARI 0.971 at 16, 0.985 at 32 = exact MST, on MiniLM vectors)
-# Up to this many distinct rows the "kNN" graph is complete (k = m - 1): the MST, and so
-# the clustering, is then exactly scikit-learn's; it costs m² edges (~160 MB at 2,000).
-FULL_GRAPH_MAX_ROWS = 2000
 EDGE_FLOOR = 1e-12  # scipy's MST treats a stored 0 as "no edge"; distinct points are > 0 apart
-JOIN_SAMPLE = 256  # members per component searched for an exit edge
-JOIN_CANDIDATES = 8  # nearest outside rows considered per searched member
 
 
 def graph_k(params: HdbscanParams, n_distinct: int | None = None) -> int:
-    """Neighbours searched per distinct point (all others for small inputs)."""
-    if n_distinct is not None and n_distinct <= FULL_GRAPH_MAX_ROWS:
-        return n_distinct - 1
-    return max(params.min_samples, MIN_GRAPH_K)
+    """Neighbours searched per distinct point (never more than the other rows)."""
+    k = max(params.min_samples, MIN_GRAPH_K)
+    return k if n_distinct is None else min(k, n_distinct - 1)
 
 
 def core_distances(counts: np.ndarray, nb: knn.Neighbours, min_samples: int) -> tuple[np.ndarray, int]:
@@ -83,54 +78,28 @@ def reachability_graph(nb: knn.Neighbours, core: np.ndarray) -> sp.csr_matrix:
     return (upper + upper.T).tocsr()
 
 
-def join_components(index: knn.KnnIndex, graph: sp.csr_matrix, core: np.ndarray) -> tuple[sp.csr_matrix, int]:
-    """Borůvka rounds until the graph is connected; returns (graph, components at start).
+def graph_mst(graph: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, w) edges of the minimum spanning tree of a connected symmetric graph (scipy)."""
+    mst = csgraph.minimum_spanning_tree(graph).tocoo()
+    return mst.row.astype(np.int64), mst.col.astype(np.int64), mst.data.astype(np.float64)
 
-    Each round, every component but the largest searches the index for the nearest
-    rows outside itself (from at most ``JOIN_SAMPLE`` of its members) and adds its
-    lightest mutual-reachability edge among them.
+
+def spanning_edges(tree, distinct: knn.DistinctRows, core: np.ndarray) -> np.ndarray:
+    """The n-1 MST edges over all rows, as scikit-learn's ``MST_edge_dtype`` array.
+
+    ``tree``: (a, b, w) spanning-tree edges over the distinct rows. Every copy hangs off
+    its representative at the representative's core distance.
     """
-    n_comp, comp = csgraph.connected_components(graph, directed=False)
-    initial = n_comp
-    rng = np.random.default_rng(0)
-    while n_comp > 1:
-        order = np.argsort(comp, kind="stable")
-        bounds = np.searchsorted(comp[order], np.arange(n_comp + 1))
-        largest = int(np.argmax(np.diff(bounds)))
-        edges = [lightest_exit(index, core, order[bounds[c]:bounds[c + 1]], rng)
-                 for c in range(n_comp) if c != largest]
-        i, j, w = (np.array(v) for v in zip(*edges))
-        extra = sp.csr_matrix((w, (i, j)), shape=graph.shape)
-        graph = graph.maximum(extra).maximum(extra.T).tocsr()
-        n_comp, comp = csgraph.connected_components(graph, directed=False)
-    return graph, initial
-
-
-def lightest_exit(index: knn.KnnIndex, core: np.ndarray, members: np.ndarray, rng) -> tuple[int, int, float]:
-    """(i in members, j outside, weight) of the lightest exit edge found from ``members``."""
-    queries = members if members.size <= JOIN_SAMPLE else rng.choice(members, JOIN_SAMPLE, replace=False)
-    found, sims = index.search(np.sort(queries), JOIN_CANDIDATES, exclude=np.sort(members))
-    q = np.sort(queries)[:, None].repeat(found.shape[1], axis=1)
-    ok = found >= 0
-    w = np.maximum(np.maximum(core[q], core[np.maximum(found, 0)]),
-                   np.maximum(knn.cosine_to_distance(sims), EDGE_FLOOR))
-    w[~ok] = np.inf
-    a, b = np.unravel_index(np.argmin(w), w.shape)
-    return int(q[a, b]), int(found[a, b]), float(w[a, b])
-
-
-def spanning_edges(graph: sp.csr_matrix, distinct: knn.DistinctRows, core: np.ndarray) -> np.ndarray:
-    """The n-1 MST edges over all rows, as scikit-learn's ``MST_edge_dtype`` array."""
     from sklearn.cluster._hdbscan._linkage import MST_edge_dtype
 
-    mst = csgraph.minimum_spanning_tree(graph).tocoo()
+    a, b, w = tree
     rep = distinct.rep_rows
     copies = np.setdiff1d(np.arange(distinct.inverse.size), rep, assume_unique=True)
     owner = distinct.inverse[copies]
-    edges = np.empty(mst.nnz + copies.size, dtype=MST_edge_dtype)
-    edges["current_node"] = np.concatenate([rep[mst.row], copies])
-    edges["next_node"] = np.concatenate([rep[mst.col], rep[owner]])
-    edges["distance"] = np.concatenate([mst.data, core[owner]])
+    edges = np.empty(a.size + copies.size, dtype=MST_edge_dtype)
+    edges["current_node"] = np.concatenate([rep[a], copies])
+    edges["next_node"] = np.concatenate([rep[b], rep[owner]])
+    edges["distance"] = np.concatenate([w, core[owner]])
     return edges
 
 
@@ -148,7 +117,12 @@ def labels_from_edges(edges: np.ndarray, params: HdbscanParams) -> tuple[np.ndar
 
 
 def fit(x: np.ndarray, params: HdbscanParams) -> Labels:
-    """Cluster the rows of ``x`` ((n, d) float32, unit rows) on a kNN graph."""
+    """Cluster the rows of ``x`` ((n, d) float32, unit rows).
+
+    Up to ``dense_mst.DENSE_MAX_ROWS`` distinct rows the mutual-reachability MST is exact
+    (Prim on the dense matrix); above, it is the MST of a k-NN graph whose components are
+    joined by their exact lightest exit edges.
+    """
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     distinct = knn.distinct_rows(x)
@@ -156,20 +130,43 @@ def fit(x: np.ndarray, params: HdbscanParams) -> Labels:
     seconds["distinct"], t = time.perf_counter() - t, time.perf_counter()
     if distinct.n_distinct == 1:
         return single_vector_labels(x.shape[0], params)
-    nb, index = knn.nearest_neighbours(xd, graph_k(params, distinct.n_distinct))
-    seconds["knn"], t = time.perf_counter() - t, time.perf_counter()
-    core, short = core_distances(distinct.counts, nb, params.min_samples)
-    graph, n_comp = join_components(index, reachability_graph(nb, core), core)
-    del index
-    edges = spanning_edges(graph, distinct, core)
-    seconds["graph_mst"], t = time.perf_counter() - t, time.perf_counter()
+    if distinct.n_distinct <= dense_mst.DENSE_MAX_ROWS:
+        tree, core = dense_mst.exact_mst(xd, distinct.counts, params.min_samples)
+        seconds["dense_mst"], t = time.perf_counter() - t, time.perf_counter()
+        details = {"mst": "exact (dense Prim)"}
+    else:
+        tree, core, details = knn_graph_mst(xd, distinct.counts, params, seconds)
+        t = time.perf_counter()
+    edges = spanning_edges(tree, distinct, core)
     labels, probs = labels_from_edges(edges, params)
     seconds["tree"] = time.perf_counter() - t
     return Labels(labels, probs, {
-        "library": "faiss + scipy + scikit-learn tree", "knn": nb.method, "k": nb.indices.shape[1],
-        "n_distinct": distinct.n_distinct, "components_joined": n_comp,
-        "core_distance_lower_bounds": short, "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "library": "faiss + scipy + scikit-learn tree", **details,
+        "n_distinct": distinct.n_distinct, "seconds": {k: round(v, 3) for k, v in seconds.items()},
     })
+
+
+def knn_graph_mst(xd: np.ndarray, counts: np.ndarray, params: HdbscanParams, seconds: dict):
+    """MST over distinct unit rows ``xd`` from a k-NN graph plus exact component joins.
+
+    Returns ((a, b, w) tree edges, (m,) core distances, details); fills ``seconds``.
+    """
+    t = time.perf_counter()
+    nb, index = knn.nearest_neighbours(xd, graph_k(params, xd.shape[0]))
+    x_index = index.x
+    del index
+    seconds["knn"], t = time.perf_counter() - t, time.perf_counter()
+    core, short = core_distances(counts, nb, params.min_samples)
+    graph = reachability_graph(nb, core)
+    seconds["graph"], t = time.perf_counter() - t, time.perf_counter()
+    graph, joins = component_joins.join_components(x_index, graph, core)
+    seconds["joins"], t = time.perf_counter() - t, time.perf_counter()
+    tree = graph_mst(graph)
+    seconds["mst"] = time.perf_counter() - t
+    return tree, core, {"mst": "k-NN graph + exact component joins", "knn": nb.method,
+                        "k": nb.indices.shape[1], "joins": joins,
+                        "components_joined": joins["components"],
+                        "core_distance_lower_bounds": short}
 
 
 def single_vector_labels(n: int, params: HdbscanParams) -> Labels:
@@ -187,10 +184,12 @@ BYTES_PER_NEIGHBOUR = 96
 def memory_model(n: int, dim: int) -> tuple[int, int]:
     """(fixed, per-min_samples) peak host bytes of a fit, including the float32 input.
 
-    The input, the distinct-row copy inside faiss, and HNSW's links are fixed; the
-    kNN graph grows with k (at least MIN_GRAPH_K, which plans ignore below it).
+    The input and the distinct-row copy are fixed, and so is the larger of HNSW's links
+    and the dense path's matrix (used while the distinct rows are few, which a plan cannot
+    know); the kNN graph grows with k (at least MIN_GRAPH_K, which plans ignore below it).
     """
-    return 2 * 4 * n * dim + 2 * knn.HNSW_M * 4 * n, BYTES_PER_NEIGHBOUR * n
+    dense = dense_mst.matrix_bytes(min(n, dense_mst.DENSE_MAX_ROWS))
+    return 2 * 4 * n * dim + max(2 * knn.HNSW_M * 4 * n, dense), BYTES_PER_NEIGHBOUR * n
 
 
 def plan_params(params: HdbscanParams, n: int, dim: int, *, available: int, explicit: bool):
@@ -201,13 +200,14 @@ def plan_params(params: HdbscanParams, n: int, dim: int, *, available: int, expl
 
 
 # Rough, for plans and heartbeats; measured on this project's 2-core machine (768-d):
-# exact search ~2·m²·d at 150 GFLOP/s; HNSW build + search ~0.32 ms per row at k = 42
-# (1.1M rows: 352 s), graph + MST ~1 µs per edge (44 s).
+# dense path ~2·m²·d float64 flops at ~45 GFLOP/s plus Prim at ~3 ns per matrix entry
+# (3,000 rows: 0.3 s); HNSW build + search ~0.32 ms per row at k = 42 (1.1M rows: 352 s),
+# graph + MST ~1 µs per edge (44 s); joins at most about the search's time.
 def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
     """Rough (seconds, peak host bytes) of one fit of n x dim rows."""
     k = graph_k(params)
-    if n <= knn.EXACT_MAX_ROWS:
-        seconds = 2.0 * n * n * dim / 150e9 + 1e-6 * n * k
+    if n <= dense_mst.DENSE_MAX_ROWS:
+        seconds = 2.0 * n * n * dim / 45e9 + 3e-9 * n * n
     else:
         seconds = 3.2e-4 * n * (dim / 768) * (k / 42) ** 0.5 + 1e-6 * n * k
     fixed, per_k = memory_model(n, dim)

@@ -1,0 +1,378 @@
+"""Join the components of a k-NN graph with their exact lightest exit edges (Borůvka).
+
+A k-NN graph over well-separated groups falls apart into components. The spanning tree
+needs, for each component, its lightest mutual-reachability edge to any other component;
+the weight of that edge decides where groups merge in the HDBSCAN tree. Here it is found
+exactly, never sampled, and never taken from a filtered ANN search (which returns nothing
+when the excluded component is large and far away):
+
+* Component summaries bound every candidate pair from below: for components A and B with
+  centroids c, radii r (largest member distance from the centroid) and smallest core
+  distances κ, every edge between them weighs at least
+  ``max(|c_A - c_B| - r_A - r_B, κ_A, κ_B)``. Candidates are visited in order of that
+  bound and the search stops once the bound reaches the best edge found.
+* A pair of components is searched by blocked float32 GEMM. For large pairs, rows are
+  first projected on the line between the centroids: a projection never lengthens a
+  distance, so rows too far back on their side cannot beat the best edge and are dropped.
+* Small components whose bound cannot rule out the largest component are searched against
+  every row at once (one masked pass over contiguous rows, RAFT's cross-component 1-NN
+  idea), which is exact and avoids gathering the largest component's rows per query.
+
+Distances come from float32 cosines (error ~1e-7 in d²); the winning edge's distance is
+recomputed in float64 from the vectors.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse import csgraph
+
+EDGE_FLOOR = 1e-12  # scipy's MST treats a stored 0 as "no edge"
+QUERY_BLOCK = 1024  # query rows per GEMM block
+COLUMN_BLOCK = 32_768  # candidate rows per GEMM block
+PROJECT_ABOVE_PAIRS = 1_000_000  # pairs above which a pair search prunes by projection first
+FACING_ROWS = 64  # rows per side searched first, for an initial bound
+# Row pairs searched for one exit before the bound gap certifies it instead (~3e10 flops
+# at 768-d, ~0.3 s here): reached only when all candidate pairs are about equally far.
+EXIT_BUDGET_PAIRS = 20_000_000
+GATHER_MAX_ROWS = 65_536  # query rows gathered once per search (~200 MB at 768-d)
+FIRST_CHUNK = 8  # outside components searched in the first batch (doubling after)
+FULL_PASS_MAX_ROWS = 4096  # components up to this size may be searched in one pass ...
+LARGE_FRACTION = 0.25  # ... against a component holding at least this share of the rows
+
+
+class Exit:
+    """The lightest exit edge found so far: (i, j, weight), weight inf when none."""
+
+    __slots__ = ("i", "j", "w")
+
+    def __init__(self, i: int = -1, j: int = -1, w: float = np.inf):
+        self.i, self.j, self.w = i, j, w
+
+    def offer(self, i: int, j: int, w: float) -> None:
+        if w < self.w:
+            self.i, self.j, self.w = int(i), int(j), float(w)
+
+
+def join_components(x: np.ndarray, graph: sp.csr_matrix, core: np.ndarray):
+    """Add exact lightest exit edges until ``graph`` is connected (Borůvka rounds).
+
+    x: (m, d) float32 unit rows; graph: symmetric (m, m) CSR of mutual-reachability
+    weights; core: (m,) float64 core distances. Returns (graph, details) where details
+    counts components, rounds, pair searches, rows scanned and seconds.
+    """
+    start = time.perf_counter()
+    n_comp, comp = csgraph.connected_components(graph, directed=False)
+    details = {"components": int(n_comp), "rounds": 0, "pair_searches": 0, "full_pass_rows": 0}
+    if n_comp > 1:
+        pairs = PairSearch(x, core, comp, n_comp, details)
+        exits = boruvka(pairs, n_comp, details)
+        m = graph.shape[0]
+        # Two components that choose each other give the same edge twice, and a sparse
+        # matrix would sum the copies: keep one of each.
+        edges = {(min(e.i, e.j), max(e.i, e.j)): max(e.w, EDGE_FLOOR) for e in exits}
+        (i, j), w = zip(*edges.keys()), list(edges.values())
+        extra = sp.csr_matrix((w, (i, j)), shape=(m, m))
+        graph = graph.maximum(extra).maximum(extra.T).tocsr()
+    details["seconds"] = round(time.perf_counter() - start, 3)
+    return graph, details
+
+
+def boruvka(pairs: "PairSearch", n_comp: int, details: dict) -> list:
+    """Exact lightest exit edges joining the n_comp components into one tree.
+
+    Each round, every super-component but the one with most rows takes its lightest edge
+    to any other: candidate component pairs are visited in order of their lower bound and
+    the search stops once the bound reaches the best edge found. Pair results are cached,
+    so a pair is searched at most once over all rounds.
+    """
+    owner = np.arange(n_comp)  # super-component of each original component
+    exits = []
+    n_super = n_comp
+    while n_super > 1:
+        rows = np.bincount(owner, weights=pairs.sizes, minlength=n_super)
+        biggest = int(np.argmax(rows))
+        found = [lightest_exit(pairs, owner, s) for s in range(n_super) if s != biggest]
+        exits += [refine(pairs.x, pairs.core, e) for e in found]
+        links = sp.csr_matrix((np.ones(len(found)), (owner[[pairs.comp[e.i] for e in found]],
+                                                     owner[[pairs.comp[e.j] for e in found]])),
+                              shape=(n_super, n_super))
+        n_super, relabel = csgraph.connected_components(links, directed=False)
+        owner = relabel[owner]
+        details["rounds"] += 1
+    return exits
+
+
+def lightest_exit(pairs: "PairSearch", owner: np.ndarray, s: int) -> Exit:
+    """The lightest edge from super-component s to any other, exact within a budget.
+
+    The pair with the smallest lower bound is searched first; then the rows of s against
+    the rows of every outside component whose bound is below the best edge, nearest bound
+    first, in one blocked search. Where every pair is about as far as every other, bounds
+    cannot stop the search early: after ``EXIT_BUDGET_PAIRS`` row pairs it stops, and the
+    edge is then certified within the gap between its weight and the smallest bound not
+    searched (the largest relative gap is kept in the details).
+    """
+    inside = np.flatnonzero(owner == s)
+    cols = np.flatnonzero(owner != s)
+    lower = pairs.lower[np.ix_(inside, cols)]
+    best = Exit()
+    first = np.unravel_index(np.argmin(lower), lower.shape)
+    pairs.search(inside[first[0]], [cols[first[1]]], best)
+    bound = lower.min(axis=0)
+    order = np.argsort(bound, kind="stable")
+    order = order[bound[order] < best.w]
+    rows_in = np.concatenate([pairs.groups[a] for a in inside])
+    rows_in = rows_in[pairs.core[rows_in] < best.w]
+    budget = EXIT_BUDGET_PAIRS // max(rows_in.size, 1)  # outside rows we may search
+    start, chunk = 0, FIRST_CHUNK
+    while start < order.size and budget > 0:
+        batch = order[start:start + chunk]
+        batch = batch[bound[batch] < best.w]
+        if batch.size == 0:
+            break
+        batch = batch[np.cumsum(pairs.sizes[cols[batch]]) <= budget]
+        if batch.size == 0:
+            break
+        rows_out = np.concatenate([pairs.groups[b] for b in cols[batch]])
+        brute_search(pairs.x, pairs.core, rows_in, rows_out, best)
+        pairs.details["pair_searches"] += int(batch.size)
+        budget -= rows_out.size
+        start, chunk = start + batch.size, chunk * 2
+    rest = order[start:]
+    rest = rest[bound[rest] < best.w]
+    if rest.size:
+        gap = (best.w - float(bound[rest[0]])) / best.w
+        pairs.details["max_relative_gap"] = round(max(pairs.details.get("max_relative_gap", 0.0), gap), 6)
+        pairs.details["exits_within_gap"] = pairs.details.get("exits_within_gap", 0) + 1
+    return best
+
+
+class PairSearch:
+    """Exact lightest edges between pairs of k-NN components, cached, with lower bounds.
+
+    ``lower[a, b]``: (c, c) float32 lower bound on any edge between components a and b.
+    """
+
+    def __init__(self, x, core, comp, n_comp, details):
+        self.x, self.core, self.comp, self.details = x, core, comp, details
+        order = np.argsort(comp, kind="stable")
+        bounds = np.searchsorted(comp[order], np.arange(n_comp + 1))
+        self.groups = [order[bounds[c]:bounds[c + 1]] for c in range(n_comp)]
+        self.sizes = np.diff(bounds)
+        self.cent, radius, kappa = summaries(x, self.groups, core)
+        self.lower = pair_lower_bounds(x, self.groups, self.cent, radius, kappa)
+        self.cache: dict[tuple[int, int], Exit] = {}
+        self.prefetch_largest()
+
+    def search(self, a: int, bs, best: Exit) -> int:
+        """Offer to ``best`` the lightest edge between component a and each of ``bs``.
+
+        Uncached pairs are searched together (one GEMM over the rows of all of them).
+        Returns the number of row pairs searched.
+        """
+        todo = [b for b in bs if (min(a, b), max(a, b)) not in self.cache]
+        spent = 0
+        if len(todo) == 1 or (todo and self.sizes[a] * self.sizes[todo].sum() > PROJECT_ABOVE_PAIRS):
+            for b in todo:
+                e = Exit()
+                pair_search(self.x, self.core, self.groups[a], self.groups[b],
+                            self.cent[a], self.cent[b], e)
+                self.cache[(min(a, b), max(a, b))] = e
+                spent += int(self.sizes[a] * self.sizes[b])
+        elif todo:
+            rows_b = [self.groups[b] for b in todo]
+            for b, e in zip(todo, segment_minima(self.x, self.core, self.groups[a], rows_b)):
+                self.cache[(min(a, b), max(a, b))] = e
+            spent = int(self.sizes[a] * self.sizes[todo].sum())
+        self.details["pair_searches"] += len(todo)
+        for b in bs:
+            e = self.cache[(min(a, b), max(a, b))]
+            best.offer(e.i, e.j, e.w)
+        return spent
+
+    def prefetch_largest(self) -> None:
+        """Search small components against a very large one in one pass over all rows.
+
+        A pair search would gather the large component's rows once per small component;
+        one masked pass over contiguous rows serves them all. Only components whose bound
+        to it is below the edge to their nearest other candidate need it.
+        """
+        big = int(np.argmax(self.sizes))
+        if self.sizes[big] < LARGE_FRACTION * self.comp.size or len(self.groups) < 3:
+            return
+        need = []
+        for a in np.flatnonzero(self.sizes <= FULL_PASS_MAX_ROWS):
+            row = self.lower[a].copy()
+            row[big] = np.inf
+            b = int(np.argmin(row))
+            best = Exit()
+            self.search(a, [b], best)
+            if self.lower[a, big] < best.w:
+                need.append(a)
+        if not need:
+            return
+        queries = np.concatenate([self.groups[a] for a in need])
+        self.details["full_pass_rows"] += int(queries.size)
+        j, w = masked_nearest(self.x, self.core, self.comp == big, queries)
+        start = 0
+        for a in need:
+            stop = start + self.sizes[a]
+            e = Exit()
+            k = start + int(np.argmin(w[start:stop]))
+            e.offer(queries[k], j[k], w[k])
+            self.cache[(min(a, big), max(a, big))] = e
+            start = stop
+
+
+def summaries(x, groups, core):
+    """Per component: centroid (c, d) float64, radius (c,) and smallest core distance (c,)."""
+    cent = np.empty((len(groups), x.shape[1]))
+    radius = np.empty(len(groups))
+    for c, g in enumerate(groups):
+        cent[c] = sum(x[g[s:s + COLUMN_BLOCK]].sum(axis=0, dtype=np.float64)
+                      for s in range(0, g.size, COLUMN_BLOCK)) / g.size
+        radius[c] = max(np.sqrt(((x[g[s:s + COLUMN_BLOCK]] - cent[c]) ** 2).sum(axis=1).max())
+                        for s in range(0, g.size, COLUMN_BLOCK))
+    kappa = np.array([core[g].min() for g in groups])
+    return cent, radius * (1 + 1e-6) + 1e-7, kappa  # slack for float32 rounding
+
+
+def project(x, rows, u) -> np.ndarray:
+    """(len(rows),) float32 projections of x[rows] on the unit vector u, in blocks."""
+    u = u.astype(np.float32)
+    return np.concatenate([x[rows[s:s + COLUMN_BLOCK]] @ u
+                           for s in range(0, rows.size, COLUMN_BLOCK)] or [np.empty(0, np.float32)])
+
+
+def pair_lower_bounds(x, groups, cent, radius, kappa) -> np.ndarray:
+    """(c, c) float32 lower bounds on any edge weight between two components.
+
+    ``near[a, b]``, the distance from a's nearest member to b's centroid, less b's radius,
+    bounds every distance between a and b from below, and so does ``near[b, a] - r_a``;
+    every mutual-reachability weight is also at least either side's smallest core distance.
+    Taking a's members one by one (not a's radius) keeps one stray member of a component
+    from making all its bounds useless.
+    """
+    c = len(groups)
+    near = np.empty((c, c))
+    csq = (cent ** 2).sum(axis=1)
+    for a, g in enumerate(groups):
+        near[a] = np.inf
+        for s in range(0, g.size, COLUMN_BLOCK):
+            xa = x[g[s:s + COLUMN_BLOCK]]
+            d2 = (xa.astype(np.float64) ** 2).sum(axis=1)[:, None] + csq[None, :] - 2.0 * (xa @ cent.T.astype(np.float32))
+            np.minimum(near[a], np.sqrt(np.maximum(d2, 0.0)).min(axis=0), out=near[a])
+    lower = np.maximum(near - radius[None, :], near.T - radius[:, None])
+    lower = np.maximum(np.maximum(lower, kappa[:, None]), kappa[None, :]) * (1 - 1e-5) - 1e-6
+    lower = lower.astype(np.float32)
+    np.fill_diagonal(lower, np.inf)
+    return lower
+
+
+def pair_search(x, core, ia, ib, ca, cb, best: Exit) -> None:
+    """Offer to ``best`` the lightest edge between rows ``ia`` and rows ``ib``."""
+    ia = ia[core[ia] < best.w]
+    ib = ib[core[ib] < best.w]
+    if ia.size == 0 or ib.size == 0:
+        return
+    if ia.size * ib.size > PROJECT_ABOVE_PAIRS:
+        u = (cb - ca) / max(np.linalg.norm(cb - ca), 1e-30)
+        pa, pb = project(x, ia, u), project(x, ib, u)
+        facing_a = ia[np.argsort(-pa)[:FACING_ROWS]]
+        facing_b = ib[np.argsort(pb)[:FACING_ROWS]]
+        brute_search(x, core, facing_a, facing_b, best)
+        slack = 1e-5  # float32 projections
+        keep_a = pa > pb.min() - best.w - slack
+        keep_b = pb < pa.max() + best.w + slack
+        ia, ib = ia[keep_a], ib[keep_b]
+    brute_search(x, core, ia, ib, best)
+
+
+def brute_search(x, core, ia, ib, best: Exit) -> None:
+    """Blocked exhaustive search of the lightest edge between rows ia and ib."""
+    ca2, cb2 = squared32(core[ia]), squared32(core[ib])
+    xa = x[ia] if ia.size <= GATHER_MAX_ROWS else None
+    for t in range(0, ib.size, COLUMN_BLOCK):
+        xb = x[ib[t:t + COLUMN_BLOCK]]
+        for s in range(0, ia.size, QUERY_BLOCK):
+            qa = xa[s:s + QUERY_BLOCK] if xa is not None else x[ia[s:s + QUERY_BLOCK]]
+            w2 = reachability2_block(qa @ xb.T, ca2[s:s + QUERY_BLOCK], cb2[t:t + COLUMN_BLOCK])
+            r, c = divmod(int(np.argmin(w2)), w2.shape[1])
+            w = float(np.sqrt(max(w2[r, c], 0.0)))
+            best.offer(ia[s + r], ib[t + c], w)
+
+
+def squared32(v: np.ndarray) -> np.ndarray:
+    return (v.astype(np.float64) ** 2).astype(np.float32)
+
+
+def reachability2_block(cos: np.ndarray, ca2: np.ndarray, cb2: np.ndarray) -> np.ndarray:
+    """Squared mutual reachability, float32, in place of a block of float32 cosines.
+
+    Only used to find the lightest pair; its weight is recomputed in float64 afterwards.
+    """
+    cos *= -2.0
+    cos += 2.0
+    np.maximum(cos, ca2[:, None], out=cos)
+    np.maximum(cos, cb2[None, :], out=cos)
+    return cos
+
+
+def segment_minima(x, core, ia, groups_b) -> list:
+    """Lightest edge from rows ``ia`` to each group of rows in ``groups_b``, one GEMM."""
+    ib = np.concatenate(groups_b)
+    starts = np.cumsum([0] + [g.size for g in groups_b[:-1]])
+    w = reachability_block(x[ia] @ x[ib].T, core[ia], core[ib])
+    row = np.argmin(w, axis=0)  # best row of ia for each column
+    col_w = w[row, np.arange(ib.size)]
+    out = []
+    for s, g in zip(starts, groups_b):
+        k = s + int(np.argmin(col_w[s:s + g.size]))
+        out.append(Exit(int(ia[row[k]]), int(ib[k]), float(col_w[k])))
+    return out
+
+
+def masked_nearest(x, core, allowed: np.ndarray, queries: np.ndarray):
+    """Lightest edge from each query row to any row where ``allowed`` ((m,) bool) is set.
+
+    One pass over contiguous blocks of rows. Returns ((q,) int64 row, (q,) float64 weight).
+    """
+    m = x.shape[0]
+    best_j = np.full(queries.size, -1, np.int64)
+    best_w = np.full(queries.size, np.inf)
+    for s in range(0, queries.size, QUERY_BLOCK):
+        q = queries[s:s + QUERY_BLOCK]
+        xq = x[q]
+        for t in range(0, m, COLUMN_BLOCK):
+            cols = slice(t, t + COLUMN_BLOCK)
+            if not allowed[cols].any():
+                continue
+            w = reachability_block(xq @ x[cols].T, core[q], core[cols])
+            w[:, ~allowed[cols]] = np.inf
+            j = np.argmin(w, axis=1)
+            wj = w[np.arange(q.size), j]
+            better = wj < best_w[s:s + q.size]
+            best_w[s:s + q.size][better] = wj[better]
+            best_j[s:s + q.size][better] = t + j[better]
+    return best_j, best_w
+
+
+def reachability_block(cos: np.ndarray, core_a: np.ndarray, core_b: np.ndarray) -> np.ndarray:
+    """Mutual reachability (b_a, b_b) float64 from a block of float32 cosines."""
+    d = np.sqrt(np.maximum(2.0 - 2.0 * cos.astype(np.float64), 0.0))
+    np.maximum(d, core_a[:, None], out=d)
+    np.maximum(d, core_b[None, :], out=d)
+    return d
+
+
+def refine(x, core, e: Exit) -> Exit:
+    """The same edge with its distance recomputed in float64 from the vectors."""
+    if e.i < 0:
+        raise RuntimeError("component join found no exit edge")  # cannot happen: all rows searched
+    diff = x[e.i].astype(np.float64) - x[e.j].astype(np.float64)
+    d = float(np.sqrt(diff @ diff))
+    return Exit(e.i, e.j, max(d, core[e.i], core[e.j]))
