@@ -30,7 +30,8 @@ EPSILONS = (0.0, 0.4, 10.0, "tie")  # "tie": one of the tree's own weights
 def oracle(test):
     """Mark a test that compares with scikit-learn's tree code, whose warning (about
     exactly what breaks under NumPy 2.4, issue #33219) is expected."""
-    test = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")(test)
+    expected = "ignore:Conversion of an array with ndim:DeprecationWarning"
+    test = pytest.mark.filterwarnings(expected)(test)
     return pytest.mark.oracle(test)
 
 
@@ -131,7 +132,8 @@ def test_random_trees_equal_sklearn(chunk):
     for i in range(TREES_PER_CHUNK):
         n = int(rng.integers(2, 240))
         a, b, w = random_tree(rng, n)
-        mcs = int(rng.integers(2, n + 2)) if rng.random() < 0.3 else int(rng.integers(2, max(3, n // 8)))
+        top = n + 2 if rng.random() < 0.3 else max(3, n // 8)  # up to n + 1, or small
+        mcs = int(rng.integers(2, top))
         assert_same_as_sklearn(a, b, w, mcs, pick_epsilon(rng, w), bool(rng.integers(2)),
                                what=f"chunk {chunk} tree {i}")
 
@@ -242,7 +244,8 @@ def test_zero_weights_and_ties_give_probability_one():
 
 
 def test_tiny_inputs():
-    assert ht.hdbscan_labels(np.array([], int), np.array([], int), np.array([]), 2)[0].tolist() == [-1]
+    none = np.array([], np.int64)
+    assert ht.hdbscan_labels(none, none, np.array([]), 2)[0].tolist() == [-1]
     labels, probs = ht.hdbscan_labels(np.array([0]), np.array([1]), np.array([0.5]), 2, 0.0, True)
     assert labels.tolist() == [0, 0] and probs.tolist() == [1.0, 1.0]
 

@@ -203,7 +203,7 @@ def _condensed_arrays(tree, tops, cluster_of_node, node_size, big, split, parent
     up = parent[tops]
     cluster_parent = np.where(is_root, -1, cluster_of_node[np.maximum(up, 0)])
     birth = np.where(is_root, 0.0, lam[np.maximum(up, 0)])
-    chain = np.flatnonzero(big & (cluster_of_node >= 0))
+    chain = np.flatnonzero(big)  # every big node is on one cluster's chain
     bottom = np.empty(k, np.int64)
     ends = chain[split[chain] | ~(big[_left(tree, chain)] | big[_right(tree, chain)])]
     bottom[cluster_of_node[ends]] = ends
@@ -234,7 +234,6 @@ def cluster_order(tree, node_size, big, split, parent, comp, tops) -> np.ndarray
     Preorder over the full dendrogram: a left child is 1 after its parent, a right
     child 1 + (2 * points in the left subtree - 1) after.
     """
-    n = tree.n_points
     k = tops.size
     local = np.full(comp.max() + 1, -1, np.int64)
     local[comp[tops]] = np.arange(k)
@@ -243,6 +242,7 @@ def cluster_order(tree, node_size, big, split, parent, comp, tops) -> np.ndarray
     step = np.where(_left(tree, up) == nodes, 1, 2 * node_size[_left(tree, up)])
     own, in_chain = local[comp[nodes]], ~np.isin(nodes, tops)
     length = np.bincount(local[comp[np.flatnonzero(big)]], minlength=k)  # nodes per chain
+    # float64 sums of integers below 2n: exact
     shift = np.bincount(own[in_chain], weights=step[in_chain], minlength=k).astype(np.int64)
     entry = np.zeros(k, np.int64)  # step from the parent's split into the first node
     entry[own[~in_chain]] = step[~in_chain]
