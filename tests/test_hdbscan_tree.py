@@ -2,10 +2,10 @@
 
 Tests marked ``oracle`` compare with scikit-learn's private tree code, called as the knn
 backend used to call it: labels identical (same numbering), probabilities within 1e-12.
-The random trees: ORACLE_CHUNKS x TREES_PER_CHUNK random spanning trees of 2..240 points
+The random trees: ORACLE_CHUNKS x TREES_PER_CHUNK random spanning trees of 2..239 points
 (ties, zero weights, epsilon 0 / 0.4 / 10 / a tied weight, allow_single_cluster on and
 off, min_cluster_size 2..n+1), REAL_SETS trees of point sets (blobs with duplicates,
-20..700 points) and two of 3,000 points. The other tests need no scikit-learn and also
+20..699 points) and two of 3,000 points. The other tests need no scikit-learn and also
 run under NumPy >= 2.4 (``scripts/test_numpy24.sh``).
 """
 
