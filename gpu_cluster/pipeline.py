@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import platform
+from importlib import metadata
 import time
 from dataclasses import dataclass, field, replace
 from types import ModuleType
@@ -84,11 +85,16 @@ class RunSummary:
 
 
 def library_versions() -> dict:
+    """Versions stored with a result. scikit-learn's is read from its metadata, not by
+    importing it: only the reference backend uses it (None when it is not installed)."""
     import numpy
-    import sklearn
 
+    try:
+        sklearn_version = metadata.version("scikit-learn")
+    except metadata.PackageNotFoundError:
+        sklearn_version = None
     return {"gpu_cluster": __version__, "numpy": numpy.__version__,
-            "scikit-learn": sklearn.__version__, "sqlalchemy": sa.__version__,
+            "scikit-learn": sklearn_version, "sqlalchemy": sa.__version__,
             "python": platform.python_version()}
 
 
@@ -130,6 +136,7 @@ def cluster_database(db: str, options: RunOptions, reporter: Reporter | None = N
     try:
         device = resolve_device(options.device)
         backend = load_backend(device.kind, options.algorithm)
+        check_explicit_params(backend, options.requested)
         log.info("device: %s (%s); backend: %s", device.kind, device.why, backend.NAME)
         place = "survey"
         surveys = survey_models(engine, options.models, reporter)

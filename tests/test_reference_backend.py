@@ -49,7 +49,7 @@ def test_duplicates_with_epsilon_cluster_without_crashing(seed):
 
 def test_installed_numpy_is_below_2_4():
     major, minor = (int(v) for v in np.__version__.split(".")[:2])
-    assert (major, minor) < (2, 4), "pyproject pins numpy<2.4 (scikit-learn issue #33219)"
+    assert (major, minor) < (2, 4), "the test extra pins numpy<2.4 (scikit-learn issue #33219)"
 
 
 def test_numpy_guard_refuses_the_crashing_combination(monkeypatch):
@@ -57,6 +57,22 @@ def test_numpy_guard_refuses_the_crashing_combination(monkeypatch):
     with pytest.raises(EnvironmentProblem, match=r"install 'numpy<2.4'"):
         reference.check_numpy_compatible(params(eps=0.4))
     reference.check_numpy_compatible(params(eps=0.0))  # epsilon 0 does not hit the bug
+
+
+def test_numpy_guard_refuses_before_any_work(monkeypatch, demo_db):
+    """The refusal comes before a single vector is read, as one line from the CLI."""
+    from click.testing import CliRunner
+
+    from gpu_cluster import pipeline
+    from gpu_cluster.cli import main
+
+    monkeypatch.setattr(np, "__version__", "2.4.6")
+    monkeypatch.setattr(pipeline, "survey_models", lambda *a: pytest.fail("surveyed"))
+    res = CliRunner().invoke(main, ["cluster", str(demo_db), "-d", "10", "--device", "cpu",
+                                    "--algorithm", "reference"])
+    assert res.exit_code == EnvironmentProblem.exit_code, res.output
+    assert "scikit-learn issue #33219): install 'numpy<2.4', or use --algorithm knn" in res.output
+    assert "Traceback" not in res.output
 
 
 def test_unknown_algorithm_is_a_clear_error():

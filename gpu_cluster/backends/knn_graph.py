@@ -15,9 +15,9 @@ Steps, for (n, d) unit rows ``x``:
 5. minimum spanning tree (scipy) over distinct vectors; every copy hangs off its
    representative at the representative's core distance — exactly the edge the full
    mutual-reachability MST would use, since no edge of the copy is shorter;
-6. scikit-learn's own single-linkage, condensed-tree and EOM code (with
-   ``cluster_selection_epsilon`` and ``allow_single_cluster``) turn the n-1 edges into
-   labels and probabilities, so everything after the MST is the reference's code.
+6. ``hdbscan_tree`` turns the n-1 edges into labels and probabilities: single linkage,
+   condensed tree, EOM with ``cluster_selection_epsilon`` and ``allow_single_cluster``,
+   exactly as scikit-learn's tree code does it (tested against it), in O(n log n).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .. import knn
 from ..budget import plan_linear
 from ..params import HdbscanParams
 from . import Labels, component_joins, dense_mst
+from .hdbscan_tree import hdbscan_labels
 
 NAME = "knn"
 DEVICE = "cpu"
@@ -84,36 +85,27 @@ def graph_mst(graph: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return mst.row.astype(np.int64), mst.col.astype(np.int64), mst.data.astype(np.float64)
 
 
-def spanning_edges(tree, distinct: knn.DistinctRows, core: np.ndarray) -> np.ndarray:
-    """The n-1 MST edges over all rows, as scikit-learn's ``MST_edge_dtype`` array.
+def spanning_edges(tree, distinct: knn.DistinctRows, core: np.ndarray):
+    """The n-1 MST edges over all rows: (n-1,) int64 ends ``a``, ``b``, float64 weights ``w``.
 
     ``tree``: (a, b, w) spanning-tree edges over the distinct rows. Every copy hangs off
     its representative at the representative's core distance.
     """
-    from sklearn.cluster._hdbscan._linkage import MST_edge_dtype
-
     a, b, w = tree
     rep = distinct.rep_rows
     copies = np.setdiff1d(np.arange(distinct.inverse.size), rep, assume_unique=True)
     owner = distinct.inverse[copies]
-    edges = np.empty(a.size + copies.size, dtype=MST_edge_dtype)
-    edges["current_node"] = np.concatenate([rep[a], copies])
-    edges["next_node"] = np.concatenate([rep[b], rep[owner]])
-    edges["distance"] = np.concatenate([w, core[owner]])
-    return edges
+    return (np.concatenate([rep[a], copies]).astype(np.int64),
+            np.concatenate([rep[b], rep[owner]]).astype(np.int64),
+            np.concatenate([w, core[owner]]).astype(np.float64))
 
 
-def labels_from_edges(edges: np.ndarray, params: HdbscanParams) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's single linkage -> condensed tree -> EOM selection on MST edges."""
-    from sklearn.cluster._hdbscan._linkage import make_single_linkage
-    from sklearn.cluster._hdbscan._tree import tree_to_labels
-
-    ordered = edges[np.argsort(edges["distance"], kind="stable")]
-    tree = make_single_linkage(ordered)
-    labels, probs = tree_to_labels(tree, params.min_cluster_size, "eom",
-                                   params.allow_single_cluster,
-                                   params.cluster_selection_epsilon, None)
-    return np.asarray(labels, np.int64), np.asarray(probs, np.float64)
+def labels_from_edges(edges: tuple[np.ndarray, np.ndarray, np.ndarray],
+                      params: HdbscanParams) -> tuple[np.ndarray, np.ndarray]:
+    """Single linkage -> condensed tree -> EOM selection on the MST edges (hdbscan_tree)."""
+    a, b, w = edges
+    return hdbscan_labels(a, b, w, params.min_cluster_size, params.cluster_selection_epsilon,
+                          params.allow_single_cluster)
 
 
 def fit(x: np.ndarray, params: HdbscanParams) -> Labels:
@@ -141,7 +133,7 @@ def fit(x: np.ndarray, params: HdbscanParams) -> Labels:
     labels, probs = labels_from_edges(edges, params)
     seconds["tree"] = time.perf_counter() - t
     return Labels(labels, probs, {
-        "library": "faiss + scipy + scikit-learn tree", **details,
+        "library": "faiss + scipy + gpu_cluster tree", **details,
         "n_distinct": distinct.n_distinct, "seconds": {k: round(v, 3) for k, v in seconds.items()},
     })
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..budget import plan_linear
 from ..errors import EnvironmentProblem
-from ..params import HdbscanParams
+from ..params import HdbscanParams, RequestedParams
 from . import Labels
 
 NAME = "reference"
@@ -19,16 +19,26 @@ DEVICE = "cpu"
 def check_numpy_compatible(params: HdbscanParams) -> None:
     """Refuse the scikit-learn + NumPy >= 2.4 combination that crashes with epsilon > 0.
 
-    scikit-learn issue #33219: ``HDBSCAN.fit`` raises "only 0-dimensional arrays can be
-    converted to Python scalars" when distances tie (duplicate vectors) and
-    ``cluster_selection_epsilon > 0``. The package pins ``numpy<2.4``; this guards an
-    environment that overrode the pin.
+    scikit-learn issue #33219 (every release up to 1.9.1): ``HDBSCAN.fit`` raises "only
+    0-dimensional arrays can be converted to Python scalars" when distances tie
+    (duplicate vectors) and ``cluster_selection_epsilon > 0``. Only this backend needs
+    ``numpy<2.4``; the package itself no longer pins it.
     """
+    refuse_numpy_24(params.cluster_selection_epsilon)
+
+
+def check_requested(requested: RequestedParams) -> None:
+    """The same refusal, before any work (``pipeline.check_explicit_params``)."""
+    refuse_numpy_24(requested.epsilon)
+
+
+def refuse_numpy_24(epsilon: float) -> None:
     major, minor = (int(p) for p in np.__version__.split(".")[:2])
-    if (major, minor) >= (2, 4) and params.cluster_selection_epsilon > 0:
+    if (major, minor) >= (2, 4) and epsilon > 0:
         raise EnvironmentProblem(
-            f"NumPy {np.__version__} with scikit-learn's HDBSCAN fails on duplicate vectors "
-            "when epsilon > 0 (scikit-learn issue #33219); install 'numpy<2.4'"
+            f"the reference backend (scikit-learn's HDBSCAN) fails with NumPy {np.__version__} "
+            "when epsilon > 0 (scikit-learn issue #33219): install 'numpy<2.4', or use "
+            "--algorithm knn or --epsilon 0"
         )
 
 
