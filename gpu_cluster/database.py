@@ -19,11 +19,12 @@ survey records an upper bound on ``rowid`` that every later read applies.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import sqlite3
-import math
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,7 +176,7 @@ def _postgres_engine(target: Target, wait: LockWait) -> sa.Engine:
     transaction that rolls back is undone). A wait cut short raises DatabaseLocked.
     """
     engine = sa.create_engine(target.url)
-    bounded = math.isfinite(wait.timeout_s)
+    bounded = wait.timeout_s is not None and math.isfinite(wait.timeout_s)
     lock_ms = max(1, round(wait.timeout_s * 1000)) if bounded else 0  # 0: no bound
 
     @sa.event.listens_for(engine, "connect")
@@ -268,6 +269,7 @@ class Snapshot:
         if self._id is None:
             holder = self.engine.connect().execution_options(isolation_level="REPEATABLE READ")
             self._holder = holder
+            self._release = weakref.finalize(self, holder.close)  # also if never closed
             holder.begin()
             # A server-wide idle timeout must not end the run's snapshot between reads.
             holder.execute(sa.select(sa.func.set_config("idle_in_transaction_session_timeout",
@@ -298,7 +300,7 @@ class Snapshot:
         """End the exporting transaction (PostgreSQL); the snapshot is gone after this."""
         if self._holder is not None:
             try:
-                self._holder.close()
+                self._release()
             finally:
                 self._holder, self._id = None, None
 
