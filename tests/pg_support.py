@@ -97,21 +97,33 @@ def sqlalchemy_url(server: dict, dbname: str, driver: str = "psycopg") -> str:
     return url.render_as_string(hide_password=False)
 
 
-def _convert(column: str, value):
+def other_types_ddl() -> str:
+    """panic-tda's PostgreSQL DDL with the other column types a database may have:
+    ``character(32)`` hex ids, a ``varchar`` type, ``jsonb``, ``timestamptz``."""
+    ddl = PG_DDL.read_text()
+    ddl = ddl[ddl.index("CREATE TABLE"):]  # no CREATE TYPE
+    return (ddl.replace(" uuid", " character(32)").replace("public.invocationtype",
+                                                           "character varying(5)")
+            .replace(" json ", " jsonb ").replace("timestamp without time zone",
+                                                  "timestamp with time zone"))
+
+
+def _convert(column: str, value, hex_ids: bool = False):
     """A SQLite value as panic-tda's ORM stores it on PostgreSQL."""
     if value is None:
         return None
     if column == "id" or column.endswith("_id") and column != "cluster_id":
-        return uuid.UUID(hex=value)
+        return value if hex_ids else uuid.UUID(hex=value)
     if column in TIMESTAMPS:
         return dt.datetime.fromisoformat(value)
     return value
 
 
-def copy_sqlite_rows(sqlite_path, pg_conn) -> dict[str, int]:
+def copy_sqlite_rows(sqlite_path, pg_conn, *, hex_ids: bool = False) -> dict[str, int]:
     """Copy every panic-tda table's rows from a SQLite file into ``pg_conn`` (psycopg 3).
 
-    Returns rows copied per table. The caller commits.
+    ``hex_ids`` keeps ids as 32 hex digits (for ``character(32)`` columns). Returns rows
+    copied per table. The caller commits.
     """
     counts = {}
     src = sqlite3.connect(str(sqlite_path))
@@ -123,7 +135,7 @@ def copy_sqlite_rows(sqlite_path, pg_conn) -> dict[str, int]:
                     f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
                 n = 0
                 for row in cur:
-                    copy.write_row([_convert(c, v) for c, v in zip(columns, row)])
+                    copy.write_row([_convert(c, v, hex_ids) for c, v in zip(columns, row)])
                     n += 1
             counts[table] = n
     finally:

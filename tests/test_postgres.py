@@ -172,6 +172,28 @@ def test_list_status_delete_and_replace(panic_pg):
     assert pg_rows(panic_pg, "SELECT count(*) FROM embeddingcluster") == [(0,)]
 
 
+def test_other_column_types_are_read_from_the_database(panic_pg, panic_sqlite):
+    """Hex ``character(32)`` ids, a ``varchar`` type, ``jsonb`` and ``timestamptz``: the
+    same selection and writes work, in those forms."""
+    from pg_support import copy_sqlite_rows, other_types_ddl
+
+    with raw_pg(panic_pg) as conn:
+        conn.execute("DROP TABLE embeddingcluster, clusteringresult, embedding, invocation, "
+                     "persistencediagram, run, experimentconfig; DROP TYPE invocationtype")
+        conn.execute(other_types_ddl())
+        copy_sqlite_rows(panic_sqlite, conn, hex_ids=True)
+    res = run("cluster", panic_pg, "-d", 2, "--device", "cpu", "-m", UNICODE_MODEL)
+    assert res.exit_code == 0, res.output
+    expected = {i for (i,) in pg_rows(panic_pg, PANIC_RULE, {"model": UNICODE_MODEL, "factor": 2})}
+    labels = pg_rows(panic_pg, "SELECT embedding_id, clustering_result_id FROM embeddingcluster")
+    assert {e for e, _ in labels} == expected and all(re.fullmatch("[0-9a-f]{32}", r) for _, r in labels)
+    (created, params), = pg_rows(panic_pg, "SELECT created_at, parameters FROM clusteringresult")
+    assert created.utcoffset() == dt.timedelta(0)  # naive UTC stored as UTC
+    assert abs(dt.datetime.now(dt.timezone.utc) - created) < dt.timedelta(minutes=5)
+    assert params["downsample"] == 2
+    assert run("delete", panic_pg, "--model", UNICODE_MODEL, "--yes").exit_code == 0
+
+
 def test_psycopg2_driver(panic_pg):
     pytest.importorskip("psycopg2", reason="psycopg2 is not installed (not part of any extra)")
     url = panic_pg.replace("postgresql+psycopg://", "postgresql+psycopg2://")
