@@ -53,8 +53,8 @@ def as_postgres_user(cmd: list[str]) -> list[str]:
 def throwaway_server(port: int = 54329) -> Iterator[dict]:
     """Start a private PostgreSQL server; yields libpq connection parameters.
 
-    Raises LookupError when no server binaries are found. Durability is off (fsync,
-    full-page writes): the data dies with the test session anyway.
+    Raises LookupError when no server binaries (or, as root, no ``postgres`` user) are
+    found. Durability is off (fsync, full-page writes): the data dies with the session.
     """
     initdb, pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
     if not (initdb and pg_ctl):
@@ -63,10 +63,10 @@ def throwaway_server(port: int = 54329) -> Iterator[dict]:
     root = Path(tempfile.mkdtemp(prefix="gpu-cluster-pg-"))
     data, sock = root / "data", root / "sock"
     data.mkdir(), sock.mkdir()
-    if os.geteuid() == 0:
-        for d in (root, data, sock):
-            shutil.chown(d, "postgres")
     try:
+        if os.geteuid() == 0:  # LookupError without a postgres user: the tests skip
+            for d in (root, data, sock):
+                shutil.chown(d, "postgres")
         subprocess.run(as_postgres_user([initdb, "-D", str(data), "-A", "trust", "-U", "postgres",
                                          "-E", "UTF8", "--locale", "C.UTF-8"]),
                        check=True, capture_output=True)
