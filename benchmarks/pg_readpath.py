@@ -5,10 +5,12 @@ panic-tda's own PostgreSQL schema (the pg_dump copy in tests/data), fills one mo
 ``--rows`` random 768-d float32 vectors (one TEXT invocation each), and reads them back
 at factor 1 three ways, each decoding into one preallocated float32 array:
 
-* ``library``: what a run does, ``open_database`` + ``Snapshot`` + survey +
-  ``load_vectors`` (SQLAlchemy, the exported snapshot, ids, the length filter, the
-  finite/zero checks);
-* ``cursor``: a psycopg server-side cursor over ``SELECT vector``, ``fetchmany``;
+* ``library``: a run's read stage, ``load_vectors`` in the snapshot its survey was
+  taken in (SQLAlchemy, ids, the length filter, the finite/zero checks; binary rows);
+  opening the database and the survey are timed apart;
+* ``cursor`` / ``cursor_binary``: a psycopg server-side cursor over ``SELECT vector``,
+  ``fetchmany``, rows in the text format (psycopg's default: bytea hex-encoded) or the
+  binary one (what the library asks for);
 * ``copy``: ``COPY (SELECT vector ...) TO STDOUT (FORMAT binary)``, rows read with
   psycopg's binary COPY reader.
 
@@ -72,21 +74,25 @@ def create_and_fill(url: sa.URL, rows: int, seed: int = 0) -> None:
         conn.execute("VACUUM ANALYZE embedding")
 
 
-def library_read(db_url: str, batch_size: int) -> int:
+def library_read(db_url: str, batch_size: int, survey_s: list[float]) -> int:
+    """The read stage of a run: ``load_vectors`` in the run's snapshot. Opening the
+    database and the survey come before it (their seconds go to ``survey_s``)."""
+    start = time.perf_counter()
     engine = open_database(db_url)
     try:
         with Snapshot(engine) as snap:
             with snap.reading() as conn:
                 sel = survey_embeddings(conn, [MODEL])[MODEL].selection(1)
+            survey_s.append(time.perf_counter() - start)
             with snap.reading() as conn:
                 return load_vectors(conn, sel, batch_size=batch_size).n
     finally:
         engine.dispose()
 
 
-def cursor_read(kw: dict, n: int, batch_size: int) -> int:
+def cursor_read(kw: dict, n: int, batch_size: int, binary: bool = False) -> int:
     out, pos = np.empty((n, DIM), np.float32), 0
-    with psycopg.connect(**kw) as conn, conn.cursor(name="scan") as cur:
+    with psycopg.connect(**kw) as conn, conn.cursor(name="scan", binary=binary) as cur:
         cur.itersize = batch_size
         cur.execute(RAW_SQL)
         while rows := cur.fetchmany(batch_size):
@@ -123,34 +129,39 @@ def main() -> None:
     create_and_fill(url, args.rows)
     kw = connect_kw(url, DBNAME)
     db_url = url.set(database=DBNAME).render_as_string(hide_password=False)
-    paths = {"library": lambda: library_read(db_url, args.batch_size),
+    survey_s: list[float] = []  # open + survey, taken out of the library's time
+    paths = {"library": lambda: library_read(db_url, args.batch_size, survey_s),
              "cursor": lambda: cursor_read(kw, args.rows, args.batch_size),
+             "cursor_binary": lambda: cursor_read(kw, args.rows, args.batch_size, binary=True),
              "copy": lambda: copy_read(kw, args.rows, args.batch_size)}
     seconds: dict[str, list[float]] = {name: [] for name in paths}
     try:
         for _ in range(args.repeats):
             for name, read in paths.items():
-                start = time.perf_counter()
+                start, before = time.perf_counter(), sum(survey_s)
                 assert read() == args.rows, name
-                seconds[name].append(time.perf_counter() - start)
+                seconds[name].append(time.perf_counter() - start - (sum(survey_s) - before))
     finally:
         with psycopg.connect(**connect_kw(url, url.database or "postgres"), autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {DBNAME}")
     with psycopg.connect(**connect_kw(url, url.database or "postgres")) as conn:
         server = conn.execute("SHOW server_version").fetchone()[0]
     result = {"server": server, "psycopg": psycopg.__version__, "rows": args.rows, "dim": DIM,
-              "batch_size": args.batch_size, "raw_sql": RAW_SQL, "paths": {}}
+              "batch_size": args.batch_size, "raw_sql": RAW_SQL, "paths": {},
+              "library_open_and_survey_s": survey_s}
     for name, secs in seconds.items():
         best = min(secs)
         result["paths"][name] = {"seconds": secs, "best_s": best, "rows_per_s": args.rows / best,
                                  "mb_per_s": args.rows * DIM * 4 / best / 1e6}
-        print(f"{name:8s} best {best:6.2f} s  {args.rows / best:10,.0f} rows/s  "
+        print(f"{name:13s} best {best:6.2f} s  {args.rows / best:10,.0f} rows/s  "
               f"{args.rows * DIM * 4 / best / 1e6:7.1f} MB/s")
     lib = result["paths"]["library"]["rows_per_s"]
     result["ratio_library_vs_copy"] = lib / result["paths"]["copy"]["rows_per_s"]
     result["ratio_library_vs_cursor"] = lib / result["paths"]["cursor"]["rows_per_s"]
-    print(f"library / copy = {result['ratio_library_vs_copy']:.2f}, "
-          f"library / cursor = {result['ratio_library_vs_cursor']:.2f}")
+    result["ratio_library_vs_cursor_binary"] = lib / result["paths"]["cursor_binary"]["rows_per_s"]
+    print(f"library / copy = {result['ratio_library_vs_copy']:.2f}, library / cursor = "
+          f"{result['ratio_library_vs_cursor']:.2f}, library / binary cursor = "
+          f"{result['ratio_library_vs_cursor_binary']:.2f}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pg_readpath.json").write_text(json.dumps(result, indent=2))

@@ -44,6 +44,10 @@ DEFAULT_LOCK_HEARTBEAT_S = 10.0
 LOCK_POLL_S = 0.2  # SQLite's own busy wait per attempt: bounds the delay of a signal
 PG_DISK_FULL = "53100"  # PostgreSQL SQLSTATE disk_full
 PG_LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired (or NOWAIT)
+# Execution option: fetch this statement's rows in the binary format (psycopg 3 only;
+# other drivers ignore it). Used for the vector read.
+BINARY_RESULTS = "gpu_cluster_binary_results"
+PSYCOPG_BINARY = 1  # psycopg.pq.Format.BINARY
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,7 @@ def _postgres_engine(target: Target, wait: LockWait) -> sa.Engine:
 
     ``lock_timeout`` is set per session at connect (and committed: a ``SET`` inside a
     transaction that rolls back is undone). A wait cut short raises DatabaseLocked.
+    Statements run with the ``BINARY_RESULTS`` execution option fetch binary rows.
     """
     engine = sa.create_engine(target.url)
     bounded = wait.timeout_s is not None and math.isfinite(wait.timeout_s)
@@ -185,6 +190,12 @@ def _postgres_engine(target: Target, wait: LockWait) -> sa.Engine:
         cur.execute("SELECT set_config('lock_timeout', %s, false)", (f"{lock_ms}ms",))
         cur.close()
         dbapi_conn.commit()
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _binary_results(conn, cursor, statement, parameters, context, executemany) -> None:
+        # psycopg 3 returns text by default: bytea travels hex-encoded, twice its size.
+        if context.execution_options.get(BINARY_RESULTS) and hasattr(cursor, "format"):
+            cursor.format = PSYCOPG_BINARY
 
     @sa.event.listens_for(engine, "handle_error")
     def _lock_wait_cut_short(context) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sqlalchemy as sa
 
+from .database import BINARY_RESULTS
 from .progress import Stage
 from .schema import embedding
 from .selection import Selection
@@ -119,9 +120,8 @@ def load_vectors(
     ids = np.empty(n, dtype=ID_DTYPE)
     skipped: Counter = Counter()
     read = kept = 0
-    result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(
-        selection_query(sel)
-    )
+    options = {"stream_results": True, "yield_per": batch_size, BINARY_RESULTS: True}
+    result = conn.execution_options(**options).execute(selection_query(sel))
     for part in result.partitions(batch_size):
         if read + len(part) > n:
             skipped["arrived_after_survey"] += read + len(part) - n
