@@ -112,6 +112,22 @@ def test_selected_sets_equal_panic_tda_rule(panic_pg, panic_sqlite, factor):
     engine.dispose(), lite.dispose()
 
 
+def test_vectors_are_fetched_as_binary_rows(panic_pg):
+    """psycopg's default text rows would carry each bytea hex-encoded (twice the bytes)."""
+    engine, formats = open_database(panic_pg), []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")  # runs after the engine's own
+    def spy(conn, cursor, statement, parameters, context, executemany):
+        if "embedding.vector" in statement and "count" not in statement:
+            formats.append(int(cursor.format))
+
+    with Snapshot(engine) as snap, snap.reading() as conn:
+        sel = survey_embeddings(conn, ["Nomic"])["Nomic"].selection(2)
+        loaded = load_vectors(conn, sel, batch_size=100)
+    engine.dispose()
+    assert formats == [int(psycopg.pq.Format.BINARY)] and loaded.n == sel.expected_rows > 0
+
+
 # --- writes and commands ----------------------------------------------------------------
 
 
