@@ -211,7 +211,7 @@ def test_other_column_types_are_read_from_the_database(panic_pg, panic_sqlite):
 
 
 def test_psycopg2_driver(panic_pg):
-    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (not part of any extra)")
+    pytest.importorskip("psycopg2", reason="psycopg2 is not installed (the test extra has it)")
     url = panic_pg.replace("postgresql+psycopg://", "postgresql+psycopg2://")
     res = run("cluster", url, "-d", 2, "--device", "cpu", "-m", UNICODE_MODEL)
     assert res.exit_code == 0, res.output
