@@ -8,15 +8,23 @@ Waiting for another process's lock (panic-tda writing, say) is bounded: each att
 to take a lock waits at most ``LOCK_POLL_S`` inside SQLite, then the attempt is repeated
 until ``LockWait.timeout_s`` has passed, with a log line every ``heartbeat_s``. Short
 attempts keep SIGTERM/Ctrl-C prompt while waiting (a signal is handled only between
-SQLite calls).
+SQLite calls). On PostgreSQL the server bounds every lock wait of the connection
+(``lock_timeout``), and a wait cut short becomes the same DatabaseLocked.
+
+A run sees one consistent state of the database (:class:`Snapshot`): on PostgreSQL
+every read imports the snapshot the run exported before its survey; on SQLite the
+survey records an upper bound on ``rowid`` that every later read applies.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import sqlite3
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +43,11 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 DEFAULT_LOCK_HEARTBEAT_S = 10.0
 LOCK_POLL_S = 0.2  # SQLite's own busy wait per attempt: bounds the delay of a signal
 PG_DISK_FULL = "53100"  # PostgreSQL SQLSTATE disk_full
+PG_LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired (or NOWAIT)
+# Execution option: fetch this statement's rows in the binary format (psycopg 3 only;
+# other drivers ignore it). Used for the vector read.
+BINARY_RESULTS = "gpu_cluster_binary_results"
+PSYCOPG_BINARY = 1  # psycopg.pq.Format.BINARY
 
 
 @dataclass(frozen=True)
@@ -160,6 +173,38 @@ def _sqlite_engine(path: Path, *, write: bool, wait: LockWait) -> sa.Engine:
     return engine
 
 
+def _postgres_engine(target: Target, wait: LockWait) -> sa.Engine:
+    """An engine whose connections bound lock waits by ``wait.timeout_s`` (server side).
+
+    ``lock_timeout`` is set per session at connect (and committed: a ``SET`` inside a
+    transaction that rolls back is undone). A wait cut short raises DatabaseLocked.
+    Statements run with the ``BINARY_RESULTS`` execution option fetch binary rows.
+    """
+    engine = sa.create_engine(target.url)
+    bounded = wait.timeout_s is not None and math.isfinite(wait.timeout_s)
+    lock_ms = max(1, round(wait.timeout_s * 1000)) if bounded else 0  # 0: no bound
+
+    @sa.event.listens_for(engine, "connect")
+    def _set_lock_timeout(dbapi_conn, record) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("SELECT set_config('lock_timeout', %s, false)", (f"{lock_ms}ms",))
+        cur.close()
+        dbapi_conn.commit()
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _binary_results(conn, cursor, statement, parameters, context, executemany) -> None:
+        # psycopg 3 returns text by default: bytea travels hex-encoded, twice its size.
+        if context.execution_options.get(BINARY_RESULTS) and hasattr(cursor, "format"):
+            cursor.format = PSYCOPG_BINARY
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _lock_wait_cut_short(context) -> None:
+        if getattr(context.original_exception, "sqlstate", None) == PG_LOCK_NOT_AVAILABLE:
+            raise DatabaseLocked(wait.timeout_s) from context.original_exception
+
+    return engine
+
+
 def open_database(
     db: str, *, write: bool = False, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
     lock_heartbeat_s: float = DEFAULT_LOCK_HEARTBEAT_S,
@@ -169,20 +214,27 @@ def open_database(
     Args:
         db: a SQLite file path or a SQLAlchemy URL.
         write: open for writing (the file must be writable).
-        lock_timeout_s: how long to wait for another process's lock on a SQLite file,
-            seconds, before DatabaseLocked is raised.
-        lock_heartbeat_s: seconds between "waiting for the lock" log lines.
+        lock_timeout_s: how long to wait for another process's lock, seconds, before
+            DatabaseLocked is raised (SQLite: retried attempts with a heartbeat;
+            PostgreSQL: the session's ``lock_timeout``).
+        lock_heartbeat_s: seconds between "waiting for the lock" log lines (SQLite).
     """
     target = parse_target(db)
+    wait = LockWait(lock_timeout_s, lock_heartbeat_s)
     if target.sqlite_path is not None:
         check_sqlite_file(target.sqlite_path, write=write)
-        wait = LockWait(lock_timeout_s, lock_heartbeat_s)
         engine = _sqlite_engine(target.sqlite_path, write=write, wait=wait)
     else:
         try:
-            engine = sa.create_engine(target.url)
+            if target.url.get_backend_name() == "postgresql":
+                engine = _postgres_engine(target, wait)
+            else:
+                engine = sa.create_engine(target.url)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
-            raise DatabaseError(f"cannot use database URL {target.label}: {exc}") from None
+            hint = ""
+            if isinstance(exc, ImportError) and target.url.get_backend_name() == "postgresql":
+                hint = "; install the PostgreSQL driver: pip install 'gpu_cluster[postgres]'"
+            raise DatabaseError(f"cannot use database URL {target.label}: {exc}{hint}") from None
     try:
         check_schema(engine)
     except sa.exc.DBAPIError as exc:
@@ -196,12 +248,86 @@ def write_connection(engine: sa.Engine) -> sa.Connection:
     return engine.connect().execution_options(sqlite_write=True)
 
 
+SNAPSHOT_ID = re.compile(r"^[0-9A-Fa-f-]+$")  # what pg_export_snapshot() returns
+# A utility statement takes no parameters: the id is rendered as a quoted literal.
+SET_SNAPSHOT = sa.text("SET TRANSACTION SNAPSHOT :snapshot_id").bindparams(
+    sa.bindparam("snapshot_id", type_=sa.String, literal_execute=True))
+
+
+class Snapshot:
+    """One consistent state of the database for a run's survey and every later read.
+
+    PostgreSQL: a connection of its own opens a REPEATABLE READ transaction, exports
+    its snapshot (``pg_export_snapshot``) and stays open, idle and touching no table
+    (so it holds no lock that could block panic-tda), until :meth:`close`; every
+    :meth:`reading` transaction imports that snapshot, so no row committed after the
+    survey is seen, however long the run. SQLite: each :meth:`reading` is one short
+    read transaction (an open one would block writers in rollback-journal mode and
+    stop checkpoints in WAL mode); the survey records the largest ``rowid`` it saw and
+    every read stays below it (see selection.py). Other databases: plain transactions.
+    """
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+        self._holder: sa.Connection | None = None
+        self._id: str | None = None
+
+    @property
+    def exported(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def _snapshot_id(self) -> str:
+        if self._id is None:
+            holder = self.engine.connect().execution_options(isolation_level="REPEATABLE READ")
+            self._holder = holder
+            self._release = weakref.finalize(self, holder.close)  # also if never closed
+            holder.begin()
+            # A server-wide idle timeout must not end the run's snapshot between reads.
+            holder.execute(sa.select(sa.func.set_config("idle_in_transaction_session_timeout",
+                                                        "0", False)))
+            snapshot_id = holder.execute(sa.select(sa.func.pg_export_snapshot())).scalar_one()
+            if not SNAPSHOT_ID.match(snapshot_id):
+                raise DatabaseError(f"unexpected snapshot id from the server: {snapshot_id!r}")
+            self._id = snapshot_id
+        return self._id
+
+    @contextmanager
+    def reading(self) -> Iterator[sa.Connection]:
+        """A connection inside a read transaction that sees the snapshot; the
+        transaction ends (rolled back: it wrote nothing) when the block does."""
+        if not self.exported:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+            return
+        snapshot_id = self._snapshot_id()
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin() as tx:
+                conn.execute(SET_SNAPSHOT, {"snapshot_id": snapshot_id})
+                yield conn
+                tx.rollback()
+
+    def close(self) -> None:
+        """End the exporting transaction (PostgreSQL); the snapshot is gone after this."""
+        if self._holder is not None:
+            try:
+                self._release()
+            finally:
+                self._holder, self._id = None, None
+
+    def __enter__(self) -> "Snapshot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def failure_reason(orig: BaseException) -> tuple[str, str]:
     """(what went wrong, what to do) for a driver error: full disk, lock, or other."""
     code = (getattr(orig, "sqlite_errorcode", None) or 0) & 0xFF  # primary result code
     if code == sqlite3.SQLITE_FULL or getattr(orig, "sqlstate", None) == PG_DISK_FULL:
         return "database or disk is full", "free some space (or raise the quota) and rerun"
-    if code == sqlite3.SQLITE_BUSY:
+    if code == sqlite3.SQLITE_BUSY or getattr(orig, "sqlstate", None) == PG_LOCK_NOT_AVAILABLE:
         return "the database stayed locked by another process", "rerun later"
     return f"{type(orig).__name__}: {orig}", "see the database's message"
 

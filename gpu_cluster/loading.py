@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import sqlalchemy as sa
 
+from .database import BINARY_RESULTS
 from .progress import Stage
 from .schema import embedding
 from .selection import Selection
@@ -23,6 +24,8 @@ log = logging.getLogger("gpu_cluster")
 
 ID_DTYPE = "S32"  # 32 lowercase hex digits: panic-tda's id storage form
 MAX_UNUSABLE_FRACTION = 0.5  # above this, a model's rows are mostly bad: skip it
+# Counted while reading, but not bad rows: the database changed between survey and read.
+NOT_UNUSABLE = ("arrived_after_survey", "gone_after_survey")
 
 
 @dataclass
@@ -70,7 +73,7 @@ def mostly_unusable_reason(sel: Selection, skipped: Counter | None = None) -> st
     """
     read = sorted((skipped or {}).items())  # a fixed order, whatever batch met a kind first
     bad = {"wrong_length": sel.wrong_length, "null_vector": sel.null_vectors,
-           **{kind: count for kind, count in read if kind != "arrived_after_survey"}}
+           **{kind: count for kind, count in read if kind not in NOT_UNUSABLE}}
     bad = {kind: count for kind, count in bad.items() if count}
     selected = sel.expected_rows + sel.wrong_length + sel.null_vectors
     unusable = sum(bad.values())
@@ -101,34 +104,43 @@ def load_vectors(
 ) -> LoadedVectors:
     """Read ``sel`` into one preallocated ``(expected_rows, dim)`` float32 array.
 
+    ``conn`` must see the state the survey counted (``database.Snapshot.reading``), so
+    the rows read are exactly the ``expected_rows`` the survey counted. Rows that are
+    non-finite or all-zero are dropped and counted, so ``n`` = rows read - rows
+    dropped. Every row read counts against ``expected_rows``, kept or not: should the
+    database show more rows than the survey did, the surplus is not kept (counted as
+    ``arrived_after_survey``); rows the survey counted that are gone by the read are
+    counted as ``gone_after_survey``.
+
     ``device`` 'cpu' fills a NumPy array; 'gpu' a CuPy array, through two pinned
     staging buffers so the next batch is read while the last one is copied.
-    Rows that are non-finite or all-zero are dropped and counted. If the database grew
-    between the survey and this read, extra rows are ignored and counted.
     """
     n, dim = sel.expected_rows, sel.dim
     sink = open_sink(device, n, dim, batch_size)
     ids = np.empty(n, dtype=ID_DTYPE)
     skipped: Counter = Counter()
-    pos = 0
-    result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(
-        selection_query(sel)
-    )
+    read = kept = 0
+    options = {"stream_results": True, "yield_per": batch_size, BINARY_RESULTS: True}
+    result = conn.execution_options(**options).execute(selection_query(sel))
     for part in result.partitions(batch_size):
-        if pos + len(part) > n:
-            skipped["arrived_after_survey"] += pos + len(part) - n
-            part = part[: n - pos]
+        if read + len(part) > n:
+            skipped["arrived_after_survey"] += read + len(part) - n
+            part = part[: n - read]
+        read += len(part)
         block = decode_blobs([row[1] for row in part], dim)
         keep, bad = usable_rows(block)
         skipped.update(bad)
         good = sink.put(block, keep)
-        ids[pos : pos + good] = hex_ids([row[0] for row, k in zip(part, keep) if k])
-        pos += good
+        ids[kept : kept + good] = hex_ids([row[0] for row, k in zip(part, keep) if k])
+        kept += good
         if stage is not None:
             stage.advance(len(part))
+    result.close()
+    if read < n:
+        skipped["gone_after_survey"] += n - read
     if skipped:
         log.warning("%s: skipped rows while reading: %s", sel.model, dict(skipped))
-    return LoadedVectors(sel.model, sink.finish(), ids[:pos], skipped)
+    return LoadedVectors(sel.model, sink.finish(), ids[:kept], skipped)
 
 
 def normalise_rows(x, *, block_rows: int = 65_536) -> None:

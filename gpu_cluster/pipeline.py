@@ -25,7 +25,7 @@ from . import isolation
 from . import params as P
 from .backends import Labels, load_backend
 from .budget import MemoryBudgetError, default_host_budget
-from .database import DEFAULT_LOCK_TIMEOUT_S, database_errors, open_database
+from .database import DEFAULT_LOCK_TIMEOUT_S, Snapshot, database_errors, open_database
 from .device import Device, resolve_device, to_host
 from .errors import DatabaseError, ModelSkipped
 from .loading import LoadedVectors, load_vectors, mostly_unusable_reason, normalise_rows
@@ -98,10 +98,10 @@ def library_versions() -> dict:
             "python": platform.python_version()}
 
 
-def survey_models(engine: sa.Engine, models: tuple[str, ...], reporter: Reporter) -> dict[str, ModelSurvey]:
-    """Count every model's embeddings by layout (one grouped query)."""
+def survey_models(snapshot: Snapshot, models: tuple[str, ...], reporter: Reporter) -> dict[str, ModelSurvey]:
+    """Count every model's embeddings by layout (one grouped query), in ``snapshot``."""
     with reporter.stage("survey", unit="queries"), database_errors("surveying the embeddings"):
-        with engine.connect() as conn:
+        with snapshot.reading() as conn:
             return survey_embeddings(conn, list(models) or None)
 
 
@@ -133,23 +133,26 @@ def cluster_database(db: str, options: RunOptions, reporter: Reporter | None = N
                            lock_heartbeat_s=max(reporter.heartbeat_s, 1.0))
     outcomes: list[ModelOutcome] = []
     place, clock = "startup", None  # where the run is, for the line saying where it stopped
+    snapshot = Snapshot(engine)  # the survey and every read see the same rows
     try:
         device = resolve_device(options.device)
         backend = load_backend(device.kind, options.algorithm)
         check_explicit_params(backend, options.requested)
         log.info("device: %s (%s); backend: %s", device.kind, device.why, backend.NAME)
         place = "survey"
-        surveys = survey_models(engine, options.models, reporter)
+        surveys = survey_models(snapshot, options.models, reporter)
         for i, (model, s) in enumerate(surveys.items(), 1):
             log.info("model %d/%d: %s", i, len(surveys), model)
             place, clock = model, ModelClock()
-            outcomes.append(cluster_model(engine, s, options, device, backend, reporter, clock))
+            outcomes.append(cluster_model(engine, s, options, device, backend, reporter, clock,
+                                          snapshot))
             log_outcome(outcomes[-1])
         return RunSummary(outcomes)
     except (KeyboardInterrupt, DatabaseError) as exc:
         log_stop(exc, f"{place}: {clock.stage}" if clock else place, outcomes)
         raise
     finally:
+        snapshot.close()
         engine.dispose()
 
 
@@ -182,12 +185,15 @@ def available_memory(device: Device, options: RunOptions) -> int:
 def cluster_model(
     engine: sa.Engine, survey: ModelSurvey, options: RunOptions, device: Device,
     backend: ModuleType, reporter: Reporter, clock: ModelClock | None = None,
+    snapshot: Snapshot | None = None,
 ) -> ModelOutcome:
     """Run one model through every stage; never raises for a skip or a failed fit.
 
-    ``clock`` (optional) receives the per-stage seconds and the stage running now.
+    ``clock`` (optional) receives the per-stage seconds and the stage running now;
+    ``snapshot`` is the one the survey was taken in (default: a fresh one).
     """
     clock = clock or ModelClock()
+    snapshot = snapshot or Snapshot(engine)
     seconds = clock.seconds
     available = available_memory(device, options)
     plan = plan_model(survey, options.downsample, options.requested, backend, available)
@@ -201,7 +207,7 @@ def cluster_model(
             raise ModelSkipped(reason)
         if plan.failure:  # known before reading a single vector
             raise MemoryBudgetError(plan.failure)
-        loaded = clock.run("read", lambda: read_model(engine, plan, options, device, reporter))
+        loaded = clock.run("read", lambda: read_model(snapshot, plan, options, device, reporter))
         if reason := mostly_unusable_reason(sel, loaded.skipped):
             raise ModelSkipped(reason)
         if reason := P.too_few_reason(loaded.n, P.resolve(options.requested, loaded.n)):
@@ -231,11 +237,12 @@ def write_model(engine, result: ResultToWrite, options: RunOptions, reporter) ->
         return write_result(engine, result, replace=options.replace, stage=st)
 
 
-def read_model(engine, plan: ModelPlan, options: RunOptions, device: Device, reporter) -> LoadedVectors:
+def read_model(snapshot: Snapshot, plan: ModelPlan, options: RunOptions, device: Device,
+               reporter) -> LoadedVectors:
     sel = plan.selection
     with reporter.stage(f"{sel.model}: read", total=sel.expected_rows) as st:
         with database_errors(f"reading {sel.model}'s vectors"):
-            with engine.connect() as conn, conn.begin():  # one snapshot, released after the read
+            with snapshot.reading() as conn:  # the survey's rows; released after the read
                 return load_vectors(conn, sel, batch_size=options.batch_size,
                                     device=device.kind, stage=st)
 

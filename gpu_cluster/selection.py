@@ -11,6 +11,13 @@ model's embeddings by invocation type, sequence number and blob length. From it:
 * downsample factor N keeps ``position % N == 0``. On panic-tda data (TEXT, offset 1,
   stride 2) that is exactly panic-tda's ``((sequence_number - 1) / 2) % N == 0``;
 * the expected row count of any factor is known before a single vector is read.
+
+Later reads must see the rows the survey counted and no others (rows keep arriving
+while panic-tda runs). On PostgreSQL the survey and the reads share one exported
+snapshot (``database.Snapshot``). On SQLite the survey also records the largest
+``embedding.rowid`` in the same read transaction, and every read keeps to
+``rowid <= that bound``: SQLite gives a new row a rowid above every existing one
+(panic-tda's tables are not ``WITHOUT ROWID`` and never delete embeddings).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import sqlalchemy as sa
 from .schema import embedding, invocation
 
 FLOAT32_BYTES = 4
+EMBEDDING_ROWID = sa.literal_column("embedding.rowid", sa.Integer)  # SQLite only
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,8 @@ class ModelSurvey:
     length_ok: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     null_at: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    # SQLite: the largest embedding rowid at survey time; reads stay at or below it.
+    rowid_bound: int | None = None
 
     def selection(self, factor: int) -> "Selection":
         """What downsample ``factor`` selects; counts only."""
@@ -103,6 +113,9 @@ class Selection:
             embedding.c.embedding_model == sa.bindparam("model", self.model),
             sa.func.length(embedding.c.vector) == sa.bindparam("nbytes", nbytes),
         )
+        if self.survey.rowid_bound is not None:
+            cond = sa.and_(cond, EMBEDDING_ROWID <= sa.bindparam("rowid_bound",
+                                                                  self.survey.rowid_bound))
         if not self.needs_join:
             return cond
         lay = self.survey.layout
@@ -159,7 +172,15 @@ def lattice(seqs: set[int]) -> tuple[int, int]:
 
 
 def survey_embeddings(conn: sa.Connection, models: list[str] | None = None) -> dict[str, ModelSurvey]:
-    """Run the survey query and build one ModelSurvey per model (sorted by name)."""
+    """Run the survey query and build one ModelSurvey per model (sorted by name).
+
+    ``conn`` should be inside a transaction (SQLite: the rowid bound and the counts
+    must come from the same state; PostgreSQL: from ``Snapshot.reading``).
+    """
+    bound = None
+    if conn.dialect.name == "sqlite":
+        bound = conn.execute(sa.select(sa.func.max(EMBEDDING_ROWID)).select_from(embedding))
+        bound = bound.scalar() or 0
     raw = conn.execute(survey_query()).all()
     seqs_by_type: dict[str, set[int]] = defaultdict(set)
     for model, typ, seq, nbytes, rows in raw:
@@ -169,7 +190,10 @@ def survey_embeddings(conn: sa.Connection, models: list[str] | None = None) -> d
     for row in raw:
         by_model[row[0]].append(row[1:])
     wanted = sorted(by_model) if models is None else models
-    return {m: _model_survey(m, by_model.get(m, []), seqs_by_type) for m in wanted}
+    surveys = {m: _model_survey(m, by_model.get(m, []), seqs_by_type) for m in wanted}
+    for s in surveys.values():
+        s.rowid_bound = bound
+    return surveys
 
 
 def _model_survey(model: str, rows: list, seqs_by_type: dict[str, set[int]]) -> ModelSurvey:

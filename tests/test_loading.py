@@ -83,6 +83,25 @@ def test_rows_beyond_the_survey_are_ignored_and_counted(demo_db):
     assert loaded.skipped["arrived_after_survey"] == 4
 
 
+def test_rows_read_not_rows_kept_count_against_the_survey(demo_db):
+    """Dropped rows still count as read: a view with more rows than the survey counted
+    (here the survey is shrunk by 4) never lets a surplus row fill a dropped row's place."""
+    with sqlite3.connect(demo_db) as conn:
+        first = [r[0] for r in conn.execute(
+            "SELECT id FROM embedding WHERE embedding_model='Nomic' ORDER BY rowid LIMIT 3")]
+        conn.executemany("UPDATE embedding SET vector=? WHERE id=?",
+                         [(np.zeros(768, np.float32).tobytes(), i) for i in first])
+    engine = open_database(str(demo_db))
+    with engine.connect() as conn:
+        survey = survey_embeddings(conn, ["Nomic"])["Nomic"]
+        survey.rowid_bound = None  # as if the view were not the survey's
+        sel = survey.selection(1)
+        shrunk = type(sel)(sel.survey, 1, sel.expected_rows - 4, 0, 0)
+        loaded = load_vectors(conn, shrunk, batch_size=16)
+    assert dict(loaded.skipped) == {"zero_vector": 3, "arrived_after_survey": 4}
+    assert loaded.n == sel.expected_rows - 4 - 3
+
+
 def test_normalise_rows_in_blocks():
     rng = np.random.default_rng(3)
     x = (rng.random((1000, 16)) * 10).astype(np.float32)

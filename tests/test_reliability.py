@@ -475,7 +475,9 @@ def test_no_sql_is_built_from_strings():
                    and getattr(node.func, "attr", None) in SQL_CALLS
                    and isinstance(node.args[0], ast.Constant)]
     assert set(literal_sql) <= {"BEGIN", "BEGIN EXCLUSIVE", "ROLLBACK", "PRAGMA journal_mode=WAL",
-                                "SELECT count(*) FROM sqlite_master"}
+                                "SELECT count(*) FROM sqlite_master",
+                                "SELECT set_config('lock_timeout', %s, false)",
+                                "SET TRANSACTION SNAPSHOT :snapshot_id"}
 
 
 def driver_error(message: str, **attrs) -> sa.exc.OperationalError:

@@ -2,14 +2,15 @@
 
 import re
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from gpu_cluster.database import open_database
-from gpu_cluster.errors import SchemaError
-from gpu_cluster.schema import metadata
+from gpu_cluster.errors import DatabaseError, SchemaError
+from gpu_cluster.schema import StoredTypes, check_schema, metadata
 
 DDL_FILE = Path(__file__).parent / "data" / "panic_tda_ddl.sql"
 
@@ -55,3 +56,26 @@ def test_schema_check_uses_columns_not_ddl_text(demo_db):
         sql = conn.execute("SELECT sql FROM sqlite_master WHERE name='clusteringresult'").fetchone()[0]
     assert re.search(r'"clusteringresult"', sql)
     open_database(str(demo_db)).dispose()
+
+
+def test_sqlite_column_types_are_read_from_the_file(demo_db):
+    """panic-tda's SQLite layout: 32-hex text ids, text type, JSON text, naive DATETIME."""
+    engine = sa.create_engine(f"sqlite:///{demo_db}")
+    assert check_schema(engine) == StoredTypes(native_uuid=False, type_enum=None, jsonb=False,
+                                               tz_timestamps=False)
+
+
+def test_a_vector_column_that_is_not_binary_is_refused(tmp_path):
+    path = tmp_path / "text_vectors.sqlite"
+    ddl = DDL_FILE.read_text().replace("\tvector BLOB, ", "\tvector VARCHAR, ")
+    with sqlite3.connect(path) as conn:
+        conn.executescript(ddl)
+    with pytest.raises(SchemaError, match=r"embedding\.vector is VARCHAR, not a binary column"):
+        open_database(str(path))
+
+
+def test_missing_postgres_driver_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
+    with pytest.raises(DatabaseError, match=r"install the PostgreSQL driver: pip install "
+                                            r"'gpu_cluster\[postgres\]'$"):
+        open_database("postgresql+psycopg://user@localhost/panic")
