@@ -38,6 +38,8 @@ FACING_ROWS = 64  # rows per side searched first, for an initial bound
 # Row pairs searched for one exit before the bound gap certifies it instead (~3e10 flops
 # at 768-d, ~0.3 s here): reached only when all candidate pairs are about equally far.
 EXIT_BUDGET_PAIRS = 20_000_000
+FRAGMENT_RATIO = 1.5  # an edge of even density weighs at most this times its ends' smaller core distance
+MAX_FRAGMENTS = 2000  # the largest dense fragments bridged
 GATHER_MAX_ROWS = 65_536  # query rows gathered once per search (~200 MB at 768-d)
 FIRST_CHUNK = 8  # outside components searched in the first batch (doubling after)
 FULL_PASS_MAX_ROWS = 4096  # components up to this size may be searched in one pass ...
@@ -70,15 +72,51 @@ def join_components(x: np.ndarray, graph: sp.csr_matrix, core: np.ndarray):
     if n_comp > 1:
         pairs = PairSearch(x, core, comp, n_comp, details)
         exits = boruvka(pairs, n_comp, details)
-        m = graph.shape[0]
-        # Two components that choose each other give the same edge twice, and a sparse
-        # matrix would sum the copies: keep one of each.
-        edges = {(min(e.i, e.j), max(e.i, e.j)): max(e.w, EDGE_FLOOR) for e in exits}
-        (i, j), w = zip(*edges.keys()), list(edges.values())
-        extra = sp.csr_matrix((w, (i, j)), shape=(m, m))
-        graph = graph.maximum(extra).maximum(extra.T).tocsr()
+        graph = with_edges(graph, exits)
     details["seconds"] = round(time.perf_counter() - start, 3)
     return graph, details
+
+
+def bridge_dense_fragments(x, graph, core, min_size: int):
+    """Add the exact lightest edge from each dense fragment to another, to ``graph``.
+
+    A k-NN graph links two dense clusters that sit close together only through sparse
+    points around them when each cluster's k nearest neighbours all lie inside itself:
+    the spanning tree then merges them at the sparse points' distance, not at the gap
+    between them. Fragments are the components of the edges no heavier than
+    ``FRAGMENT_RATIO`` times the smaller core distance of their ends (regions of even
+    density); each fragment of at least ``min_size`` rows gets its exact lightest edge to
+    another such fragment. Returns (graph, details).
+    """
+    start = time.perf_counter()
+    coo = graph.tocoo()
+    even = coo.data <= FRAGMENT_RATIO * np.minimum(core[coo.row], core[coo.col]) + 1e-12
+    m = graph.shape[0]
+    dense = sp.csr_matrix((np.ones(int(even.sum())), (coo.row[even], coo.col[even])), shape=(m, m))
+    _, frag = csgraph.connected_components(dense, directed=False)
+    sizes = np.bincount(frag)
+    big = np.flatnonzero(sizes >= min_size)
+    big = big[np.argsort(-sizes[big], kind="stable")][:MAX_FRAGMENTS]
+    details = {"fragments": int(big.size), "pair_searches": 0, "full_pass_rows": 0}
+    if big.size >= 2:
+        relabel = np.full(sizes.size, -1)
+        relabel[big] = np.arange(big.size)
+        pairs = PairSearch(x, core, relabel[frag], big.size, details)
+        owner = np.arange(big.size)
+        exits = [lightest_exit(pairs, owner, s) for s in range(big.size)]
+        graph = with_edges(graph, [refine(x, core, e) for e in exits if e.i >= 0])
+    details["seconds"] = round(time.perf_counter() - start, 3)
+    return graph, details
+
+
+def with_edges(graph: sp.csr_matrix, exits: list) -> sp.csr_matrix:
+    """``graph`` with the exits' edges added (each once: a sparse matrix sums repeats)."""
+    if not exits:
+        return graph
+    edges = {(min(e.i, e.j), max(e.i, e.j)): max(e.w, EDGE_FLOOR) for e in exits}
+    (i, j), w = zip(*edges.keys()), list(edges.values())
+    extra = sp.csr_matrix((w, (i, j)), shape=graph.shape)
+    return graph.maximum(extra).maximum(extra.T).tocsr()
 
 
 def boruvka(pairs: "PairSearch", n_comp: int, details: dict) -> list:

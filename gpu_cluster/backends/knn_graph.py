@@ -151,12 +151,15 @@ def knn_graph_mst(xd: np.ndarray, counts: np.ndarray, params: HdbscanParams, sec
     core, short = core_distances(counts, nb, params.min_samples)
     graph = reachability_graph(nb, core)
     seconds["graph"], t = time.perf_counter() - t, time.perf_counter()
+    graph, bridges = component_joins.bridge_dense_fragments(x_index, graph, core,
+                                                            params.min_cluster_size)
+    seconds["bridges"], t = time.perf_counter() - t, time.perf_counter()
     graph, joins = component_joins.join_components(x_index, graph, core)
     seconds["joins"], t = time.perf_counter() - t, time.perf_counter()
     tree = graph_mst(graph)
     seconds["mst"] = time.perf_counter() - t
     return tree, core, {"mst": "k-NN graph + exact component joins", "knn": nb.method,
-                        "k": nb.indices.shape[1], "joins": joins,
+                        "k": nb.indices.shape[1], "bridges": bridges, "joins": joins,
                         "components_joined": joins["components"],
                         "core_distance_lower_bounds": short}
 
