@@ -114,8 +114,12 @@ def with_edges(graph: sp.csr_matrix, exits: list) -> sp.csr_matrix:
     if not exits:
         return graph
     edges = {(min(e.i, e.j), max(e.i, e.j)): max(e.w, EDGE_FLOOR) for e in exits}
-    (i, j), w = zip(*edges.keys()), list(edges.values())
-    extra = sp.csr_matrix((w, (i, j)), shape=graph.shape)
+    i, j = (np.array(v, np.int64) for v in zip(*edges.keys()))
+    w = np.array(list(edges.values()))
+    new = np.asarray(graph[i, j]).ravel() == 0  # an edge the graph has keeps its weight
+    if not new.any():
+        return graph
+    extra = sp.csr_matrix((w[new], (i[new], j[new])), shape=graph.shape)
     return graph.maximum(extra).maximum(extra.T).tocsr()
 
 

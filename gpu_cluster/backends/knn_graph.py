@@ -150,6 +150,7 @@ def knn_graph_mst(xd: np.ndarray, counts: np.ndarray, params: HdbscanParams, sec
     seconds["knn"], t = time.perf_counter() - t, time.perf_counter()
     core, short = core_distances(counts, nb, params.min_samples)
     graph = reachability_graph(nb, core)
+    n_components = csgraph.connected_components(graph, directed=False)[0]
     seconds["graph"], t = time.perf_counter() - t, time.perf_counter()
     graph, bridges = component_joins.bridge_dense_fragments(x_index, graph, core,
                                                             params.min_cluster_size)
@@ -160,7 +161,7 @@ def knn_graph_mst(xd: np.ndarray, counts: np.ndarray, params: HdbscanParams, sec
     seconds["mst"] = time.perf_counter() - t
     return tree, core, {"mst": "k-NN graph + exact component joins", "knn": nb.method,
                         "k": nb.indices.shape[1], "bridges": bridges, "joins": joins,
-                        "components_joined": joins["components"],
+                        "components_joined": int(n_components),
                         "core_distance_lower_bounds": short}
 
 
