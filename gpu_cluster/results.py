@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from .backends import NOISE
 from .database import write_connection
-from .errors import ParameterError
+from .errors import ParameterError, UnknownName
 from .schema import clusteringresult, embeddingcluster
 from .writer import delete_model_results
 
@@ -72,12 +72,31 @@ def delete_results(engine: sa.Engine, *, model: str | None = None, result_id: st
     """Delete one result (by id) or all of a model's, with their memberships; returns count."""
     if (model is None) == (result_id is None):
         raise ParameterError("delete needs exactly one of --model or --result")
-    with write_connection(engine) as conn, conn.begin():
+    with write_connection(engine, "to delete results") as conn, conn.begin():
         if model is not None:
-            return delete_model_results(conn, model)
-        rid = result_id.replace("-", "").lower()
-        conn.execute(sa.delete(embeddingcluster).where(embeddingcluster.c.clustering_result_id == rid))
-        deleted = conn.execute(sa.delete(clusteringresult).where(clusteringresult.c.id == rid)).rowcount
-    if not deleted:
-        raise ParameterError(f"no clustering result with id {result_id}")
+            deleted = delete_model_results(conn, model)
+        else:
+            rid = result_id.replace("-", "").lower()
+            conn.execute(sa.delete(embeddingcluster).where(embeddingcluster.c.clustering_result_id == rid))
+            deleted = conn.execute(sa.delete(clusteringresult).where(clusteringresult.c.id == rid)).rowcount
+    if not deleted:  # an unknown name is an error, whichever option named it
+        if model is None:
+            raise UnknownName(f"no clustering result with id {result_id}")
+        query = sa.select(clusteringresult.c.embedding_model).distinct().order_by(
+            clusteringresult.c.embedding_model)
+        with engine.connect() as conn:
+            having = ", ".join(conn.execute(query).scalars()) or "none"
+        raise UnknownName(f"no clustering results of model {model!r} (models with results: "
+                          f"{having})")
     return deleted
+
+
+def model_result_parameters(engine: sa.Engine, model: str) -> list[tuple[str, dt.datetime, dict]]:
+    """(id, created_at, parameters) of each stored result of ``model``, oldest first."""
+    query = (sa.select(clusteringresult.c.id, clusteringresult.c.created_at,
+                       clusteringresult.c.parameters)
+             .where(clusteringresult.c.embedding_model == model)
+             .order_by(clusteringresult.c.created_at))
+    with engine.connect() as conn:
+        return [(str(rid).replace("-", ""), created, dict(params or {}))
+                for rid, created, params in conn.execute(query)]

@@ -1,0 +1,122 @@
+"""Never lose computed work to a lock: a result that cannot be stored is kept beside the
+database, and the next run (or ``store-pending``) stores it without fitting again."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from gpu_cluster import pending, pipeline
+from gpu_cluster.cli import main
+from gpu_cluster.errors import ResultKept
+from gpu_cluster.pipeline import RunOptions, cluster_database
+from gpu_cluster.progress import Reporter
+from helpers import raw
+from test_reliability import consistent, lock_held, set_vectors, vec
+
+FAST = Reporter(heartbeat_s=0.3)
+OPTIONS = RunOptions(downsample=10, models=("Nomic", "STSBMpnet"), device="cpu")
+
+
+@pytest.fixture
+def gc_log():
+    logger = logging.getLogger("gpu_cluster")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    stream = io.StringIO()
+    logger.handlers = [logging.StreamHandler(stream)]
+    logger.setLevel(logging.INFO)
+    yield stream
+    logger.handlers, logger.level, logger.propagate = saved
+
+
+def test_fingerprint_ignores_row_order_and_sees_any_change():
+    rng = np.random.default_rng(0)
+    ids = np.array([f"{i:032x}".encode() for i in range(50)], "S32")
+    x = rng.standard_normal((50, 8)).astype(np.float32)
+    perm = rng.permutation(50)
+    assert pending.fingerprint(ids, x) == pending.fingerprint(ids[perm], x[perm])
+    y = x.copy()
+    y[7, 3] += 1e-3
+    swapped = x.copy()
+    swapped[[1, 2]] = swapped[[2, 1]]  # same rows, other ids: a change too
+    assert len({pending.fingerprint(ids, x), pending.fingerprint(ids, y),
+                pending.fingerprint(ids, swapped), pending.fingerprint(ids[:49], x[:49])}) == 4
+
+
+def keep_under_lock(demo_db, options=OPTIONS) -> list:
+    """Cluster while another process holds the write lock, with a 0.5 s bound: the first
+    model's result is computed, cannot be stored and is kept; that stops the run."""
+    with lock_held(demo_db):
+        with pytest.raises(ResultKept) as info:
+            cluster_database(str(demo_db), RunOptions(**{**options.__dict__, "lock_timeout": 0.5}),
+                             FAST)
+    return info.value.path
+
+
+def test_kept_result_holds_the_state_and_the_next_run_stores_it_without_a_fit(
+        demo_db, gc_log, monkeypatch):
+    path = keep_under_lock(demo_db)
+    assert path.parent == demo_db.parent / "demo.sqlite.pending" and path.name.startswith("Nomic-")
+    kept = pending.load(path)
+    assert kept.ids.shape == kept.labels.shape == kept.probabilities.shape == (300,)
+    assert kept.key["model"] == "Nomic" and kept.key["downsample"] == 10
+    assert kept.key["params"]["min_cluster_size"] == 2 and kept.key["backend"] == "knn"
+    assert kept.medoid_rows.shape == (kept.parameters["n_clusters"],)
+    assert kept.parameters["selection_fingerprint"] == kept.key["fingerprint"]
+    assert raw(demo_db, "SELECT count(*) FROM clusteringresult") == [(0,)]
+    assert "Nomic: the computed result is not stored; the computed result of Nomic is kept " \
+           f"in {path}" in gc_log.getvalue()
+
+    fits = []
+    real_fit = pipeline.fit
+    monkeypatch.setattr(pipeline, "fit", lambda *a: fits.append(a[1].model) or real_fit(*a))
+    summary = cluster_database(str(demo_db), OPTIONS, FAST)  # the same command, no lock now
+    assert [(o.model, o.status) for o in summary.outcomes] == [("Nomic", "clustered"),
+                                                               ("STSBMpnet", "clustered")]
+    assert fits == ["STSBMpnet"]  # Nomic came from the file
+    assert summary.outcomes[0].result_id == kept.result_id and not path.exists()
+    stored = dict(raw(demo_db, "SELECT embedding_id, cluster_id FROM embeddingcluster "
+                               "WHERE clustering_result_id = ?", kept.result_id))
+    assert stored == {i.decode(): int(label) for i, label in zip(kept.ids, kept.labels)}
+    assert f"Nomic: storing the result computed at {kept.computed_at} and kept in {path}" in \
+        gc_log.getvalue()
+    assert consistent(demo_db)
+
+
+def test_a_kept_result_for_other_parameters_or_rows_is_not_used(demo_db, gc_log):
+    path = keep_under_lock(demo_db)
+    other = RunOptions(downsample=10, models=("Nomic",), device="cpu",
+                       requested=pipeline.P.RequestedParams(min_cluster_size=5))
+    assert cluster_database(str(demo_db), other, FAST).outcomes[0].status == "clustered"
+    assert f"Nomic: the result kept in {path} was computed for other params; it is left" in \
+        gc_log.getvalue()
+    assert path.exists()
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_store_pending_stores_what_still_matches_and_leaves_the_rest(demo_db):
+    nomic = keep_under_lock(demo_db, RunOptions(downsample=10, models=("Nomic",), device="cpu"))
+    mpnet = keep_under_lock(demo_db, RunOptions(downsample=10, models=("STSBMpnet",),
+                                                device="cpu"))
+    set_vectors(demo_db, "STSBMpnet", vec(768, 0.5), 1, 0, 10)  # one selected row changed
+    res = run("store-pending", demo_db)
+    assert res.exit_code == 1, res.output
+    lines = res.output.splitlines()
+    rid = pending.load(mpnet).result_id
+    assert any(line.startswith("Nomic: stored: result ") and str(nomic) in line for line in lines)
+    assert (f"STSBMpnet: left: its 300 rows changed since it was computed (now 300 rows with "
+            f"another fingerprint); cluster again ({mpnet})") in lines
+    assert lines[-1] == "1 stored, 1 left"
+    assert not nomic.exists() and mpnet.exists()
+    assert raw(demo_db, "SELECT embedding_model FROM clusteringresult") == [("Nomic",)]
+    assert raw(demo_db, "SELECT count(*) FROM clusteringresult WHERE id = ?", rid) == [(0,)]
+    assert consistent(demo_db)
+    again = run("store-pending", demo_db)
+    assert again.exit_code == 1 and again.output.splitlines()[-1] == "0 stored, 1 left"
