@@ -68,7 +68,7 @@ def parse_target(db: str) -> Target:
         return Target(sa.make_url("sqlite://"), Path(db))
     try:
         url = sa.make_url(db)
-    except sa.exc.ArgumentError as exc:
+    except (sa.exc.ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
         raise DatabaseError(f"cannot parse database URL {db!r}: {exc}") from None
     if url.get_backend_name() == "sqlite":
         if not url.database or url.database == ":memory:":
@@ -227,7 +227,7 @@ def _open_immutable(path: Path, wait: LockWait) -> sa.Engine:
     except (sa.exc.DBAPIError, sqlite3.Error) as exc:
         engine.dispose()
         raise DatabaseError(f"cannot read {path}: {getattr(exc, 'orig', exc)}") from None
-    log.info("%s: its folder is not writable, so it is read as an immutable file (it is in "
+    log.warning("%s: its folder is not writable, so it is read as an immutable file (it is in "
              "WAL mode and has no pending -wal changes)", path)
     return engine
 

@@ -265,8 +265,10 @@ def cluster_model(
     except MemoryBudgetError as exc:
         return ModelOutcome(survey.model, "failed", str(exc), seconds=seconds)
     except (MemoryError, RuntimeError, ValueError) as exc:
-        log.exception("%s: clustering failed", survey.model)
-        return ModelOutcome(survey.model, "failed", f"{type(exc).__name__}: {exc}", seconds=seconds)
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        log.error("%s: clustering failed: %s", survey.model, reason)
+        log.debug("%s: the failure in detail", survey.model, exc_info=True)
+        return ModelOutcome(survey.model, "failed", reason, seconds=seconds)
     result_id = clock.run("write", lambda: write_model(engine, computed, options, reporter, kept_dir))
     labels_out = computed.labels
     return ModelOutcome(survey.model, "clustered", "", int(labels_out.shape[0]),
