@@ -314,7 +314,8 @@ def test_cli_lock_timeout_messages(demo_db):
         res = run("delete", demo_db, "--model", "Nomic", "--yes", "--lock-timeout", 0.5)
         assert res.exit_code == 2
         assert res.output.splitlines()[-1] == ("gpu-cluster: error: the database stayed locked "
-                                               "by another process for 0.5 s; rerun later or "
+                                               "by another process for 0.5 s while deleting "
+                                               "results; nothing was deleted; rerun later or "
                                                "raise --lock-timeout")
     assert raw(demo_db, "SELECT count(*) FROM clusteringresult") == [(0,)]
     res = run("cluster", demo_db, "--lock-timeout", -1)
