@@ -284,7 +284,8 @@ def note_identical_results(engine: sa.Engine, key: dict, replace: bool) -> None:
             and all(p.get(k) == v for k, v in key["params"].items())]
     if same:
         which = ", ".join(f"{rid} ({created:%Y-%m-%d %H:%M})" for rid, created in same)
-        then = ("--replace deletes it when this one is stored" if replace else
+        them = "it" if len(same) == 1 else "them"
+        then = (f"--replace deletes {them} when this one is stored" if replace else
                 "this run stores another identical one; --replace keeps only the newest")
         log.warning("%s: the database already holds %d result(s) of the same rows and "
                     "parameters: %s; %s", key["model"], len(same), which, then)
