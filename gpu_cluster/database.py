@@ -43,6 +43,12 @@ class LockWait:
 
     timeout_s: float | None = DEFAULT_LOCK_TIMEOUT_S  # None: no limit
     heartbeat_s: float = DEFAULT_LOCK_HEARTBEAT_S
+    path: Path | None = None  # the SQLite file, to name the process holding its lock
+
+    def holder_text(self) -> str:
+        from .lockinfo import lock_holder_text
+
+        return (self.path and lock_holder_text(self.path)) or "held by another process"
 
     def limit_text(self, waited: float) -> str:
         if self.timeout_s is None:
@@ -142,8 +148,9 @@ def begin_when_unlocked(dbapi: sqlite3.Connection, write: bool, wait: LockWait,
         if wait.timeout_s is not None and waited >= wait.timeout_s:
             raise DatabaseLocked(wait.timeout_s)
         if waited >= next_beat:
-            log.warning("waiting for the database %s lock (held by another process)%s: %s",
-                        kind, f" {purpose}" if purpose else "", wait.limit_text(waited))
+            log.warning("waiting for the database %s lock (%s)%s: %s", kind,
+                        wait.holder_text(), f" {purpose}" if purpose else "",
+                        wait.limit_text(waited))
             next_beat += wait.heartbeat_s
         time.sleep(0.05)  # SQLite waited LOCK_POLL_S already, unless it refused at once
 
@@ -184,7 +191,7 @@ def open_database(
     target = parse_target(db)
     if target.sqlite_path is not None:
         check_sqlite_file(target.sqlite_path, write=write)
-        wait = LockWait(lock_timeout_s, lock_heartbeat_s)
+        wait = LockWait(lock_timeout_s, lock_heartbeat_s, target.sqlite_path)
         engine = _sqlite_engine(target.sqlite_path, write=write, wait=wait)
     else:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from gpu_cluster.errors import ResultKept
 from gpu_cluster.pipeline import RunOptions, cluster_database
 from gpu_cluster.progress import Reporter
 from helpers import raw
-from test_reliability import consistent, lock_held, set_vectors, vec
+from test_reliability import AnonymousHolders, consistent, lock_held, set_vectors, vec
 
 FAST = Reporter(heartbeat_s=0.3)
 OPTIONS = RunOptions(downsample=10, models=("Nomic", "STSBMpnet"), device="cpu")
@@ -26,7 +27,7 @@ OPTIONS = RunOptions(downsample=10, models=("Nomic", "STSBMpnet"), device="cpu")
 def gc_log():
     logger = logging.getLogger("gpu_cluster")
     saved = logger.handlers[:], logger.level, logger.propagate
-    stream = io.StringIO()
+    stream = AnonymousHolders()
     logger.handlers = [logging.StreamHandler(stream)]
     logger.setLevel(logging.INFO)
     yield stream
@@ -120,3 +121,24 @@ def test_store_pending_stores_what_still_matches_and_leaves_the_rest(demo_db):
     assert consistent(demo_db)
     again = run("store-pending", demo_db)
     assert again.exit_code == 1 and again.output.splitlines()[-1] == "0 stored, 1 left"
+
+
+def test_lock_holders_are_found_in_proc_locks(tmp_path):
+    from gpu_cluster import lockinfo
+
+    db = tmp_path / "x.sqlite"
+    db.write_bytes(b"")
+    shm = tmp_path / "x.sqlite-shm"
+    shm.write_bytes(b"")
+    key = lockinfo._file_key(db)
+    shm_key = lockinfo._file_key(shm)
+    text = "\n".join([
+        f"1: POSIX  ADVISORY  READ 111 {key} 1073741826 1073742335",  # a reader: not a holder
+        f"2: POSIX  ADVISORY  WRITE 222 {shm_key} 120 120",  # WAL's writer lock
+        f"3: POSIX  ADVISORY  WRITE 333 {key} 1073741824 1073741824",  # rollback journal
+        f"4: -> POSIX  ADVISORY  WRITE 444 {key} 1073741824 1073741824",  # a waiter
+        "5: POSIX  ADVISORY  WRITE 555 00:00:1 0 EOF",  # another file
+        f"6: POSIX  ADVISORY  WRITE {os.getpid()} {key} 0 EOF",  # ourselves
+    ])
+    assert lockinfo.write_lock_holders(db, text) == [222, 333]
+    assert lockinfo.describe_process(os.getpid()).startswith(f"PID {os.getpid()}: ")

@@ -37,12 +37,21 @@ from helpers import raw
 FAST = Reporter(heartbeat_s=0.3)  # lock-wait lines every max(0.3, 1) s
 
 
+class AnonymousHolders(io.StringIO):
+    """Log text with the lock holder's PID and command line ("held by PID 4242: python
+    -c ...") replaced by "held by another process", for exact comparisons."""
+
+    def getvalue(self) -> str:
+        return re.sub(r"\(held by PID \d+: .*?\)(?= to store|: \d)", "(held by another process)",
+                      super().getvalue())
+
+
 @pytest.fixture
 def gc_log():
     """The gpu_cluster logger's lines, whatever earlier CLI tests did to its handlers."""
     logger = logging.getLogger("gpu_cluster")
     saved = logger.handlers[:], logger.level, logger.propagate
-    stream = io.StringIO()
+    stream = AnonymousHolders()
     logger.handlers = [logging.StreamHandler(stream)]
     logger.setLevel(logging.INFO)
     yield stream
@@ -241,6 +250,8 @@ def test_by_default_the_final_write_waits_as_long_as_the_lock_is_held(demo_db, g
     watcher.join()
     held = float(holder.stdout.readline().split()[1])
     holder.wait(timeout=30)
+    named = io.StringIO.getvalue(gc_log)
+    assert f"waiting for the database write lock (held by PID {holder.pid}: " in named
     log = gc_log.getvalue()
     beats = [line for line in log.splitlines() if "waiting for the database write lock" in line]
     assert beats[:4] == [f"waiting for the database write lock (held by another process) to "

@@ -220,7 +220,7 @@ def test_sweep_records_a_step_projected_past_the_budget_instead_of_running_it(
         assert step["status"].endswith(" s > budget 0.5 s")
         assert step["projected"]["cluster"]["seconds"] == pytest.approx(0.8, rel=0.2)
         assert step["seconds"] == {}
-    assert calls == [256, 100, 100]  # the warm-up, then never the skipped n=200
+    assert calls == [256, 256, 100, 100]  # the warm-up (twice), then never the skipped n=200
     rows = [r for r in csv_rows(sweep) if r["factor"] == 10]  # one row per projected stage
     assert len(rows) == 2 * 6 and all(r["status"].startswith("skipped: projected") for r in rows)
     assert all(r["seconds"] is None and r["projected_s"] > 0 for r in rows if r["stage"] == "cluster")
