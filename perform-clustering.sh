@@ -61,13 +61,12 @@ fi
 have_cli || { echo "$not_found" >&2; exit 2; }
 
 # Preflight: a run that cannot start says so here, on the terminal, with a non-zero exit.
-rc=0; check="$("$GPU_CLUSTER" cluster --check "$@" 2>&1)" || rc=$?
+# (Not captured: if the database is locked, its waiting lines show as they come.)
+rc=0; "$GPU_CLUSTER" cluster --check "$@" < /dev/null || rc=$?
 if [ "$rc" -ne 0 ]; then
-    echo "$check" >&2
     echo "perform-clustering: not started (the check above failed with exit status $rc)" >&2
     exit "$rc"
 fi
-echo "$check" | tail -n 1
 
 log_dir="${LOG_DIR:-logs}"
 mkdir -p "$log_dir"

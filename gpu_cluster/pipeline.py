@@ -37,7 +37,7 @@ from .medoids import medoid_indices
 from .planner import ModelPlan, fit_params, plan_model
 from .pending import PendingResult
 from .progress import Reporter, format_seconds
-from .results import model_result_parameters
+from .results import model_result_parameters, result_exists
 from .selection import ModelSurvey, survey_embeddings
 from .writer import ResultToWrite, write_result
 
@@ -249,7 +249,7 @@ def cluster_model(
                                  pending.fingerprint(loaded.ids, loaded.vectors), backend.NAME,
                                  params.as_dict())
         note_identical_results(engine, key, options.replace)
-        computed = kept_result(kept_dir, key)
+        computed = kept_result(engine, kept_dir, key)
         if computed is None:
             clock.run("normalise", lambda: normalise_rows(loaded.vectors))
             labels = clock.run("cluster", lambda: fit(backend, loaded, params, plan, reporter))
@@ -291,11 +291,13 @@ def note_identical_results(engine: sa.Engine, key: dict, replace: bool) -> None:
                     "parameters: %s; %s", key["model"], len(same), which, then)
 
 
-def kept_result(kept_dir: Path | None, key: dict) -> PendingResult | None:
+def kept_result(engine: sa.Engine, kept_dir: Path | None, key: dict) -> PendingResult | None:
     """A kept result computed for exactly ``key`` (same rows and parameters), if any."""
     if kept_dir is None:
         return None
     for kept in pending.kept_results(kept_dir, key["model"]):
+        if already_stored(engine, kept):
+            continue
         if kept.key == key:
             kept.parameters["kept_result"] = {"computed_at": kept.computed_at, "file": str(kept.path)}
             log.info("%s: storing the result computed at %s and kept in %s (the same rows and "
@@ -306,6 +308,17 @@ def kept_result(kept_dir: Path | None, key: dict) -> PendingResult | None:
                     "(gpu-cluster store-pending says whether it can still be stored)",
                     key["model"], kept.path, differs.replace("fingerprint", "rows"))
     return None
+
+
+def already_stored(engine: sa.Engine, kept: PendingResult) -> bool:
+    """A kept result whose write did commit (a stop right after the COMMIT): its file
+    is removed, so it is neither stored twice nor left to block a later run."""
+    if not result_exists(engine, kept.result_id):
+        return False
+    pending.discard(kept)
+    log.info("%s: the result kept in %s is already stored as result %s; removed the file",
+             kept.model, kept.path, kept.result_id)
+    return True
 
 
 def write_model(engine, computed: PendingResult, options: RunOptions, reporter,
@@ -485,6 +498,8 @@ def store_kept(engine, kept: PendingResult, survey: ModelSurvey | None, options:
     def left(why: str) -> KeptOutcome:
         return KeptOutcome(kept.model, kept.path, "left", why)
 
+    if already_stored(engine, kept):
+        return KeptOutcome(kept.model, kept.path, "stored", f"already, as result {kept.result_id}")
     if survey is None:
         return left("the database has no embeddings of this model any more")
     sel = survey.selection(kept.key["downsample"])

@@ -120,3 +120,10 @@ def model_result_parameters(engine: sa.Engine, model: str) -> list[tuple[str, dt
     with database_errors("reading the stored results"), engine.connect() as conn:
         return [(str(rid).replace("-", ""), created, json_value(params, {}))
                 for rid, created, params in conn.execute(query)]
+
+
+def result_exists(engine: sa.Engine, result_id: str) -> bool:
+    """Whether a clusteringresult with this id (hex) is stored."""
+    query = sa.select(sa.func.count()).where(clusteringresult.c.id == result_id)
+    with database_errors("reading the stored results"), engine.connect() as conn:
+        return bool(conn.execute(query).scalar())

@@ -142,3 +142,26 @@ def test_lock_holders_are_found_in_proc_locks(tmp_path):
     ])
     assert lockinfo.write_lock_holders(db, text) == [222, 333]
     assert lockinfo.describe_process(os.getpid()).startswith(f"PID {os.getpid()}: ")
+
+
+def test_a_kept_result_whose_write_did_commit_is_removed_not_stored_twice(demo_db, gc_log):
+    path = keep_under_lock(demo_db, RunOptions(downsample=10, models=("Nomic",), device="cpu"))
+    copy = path.read_bytes()
+    stored = pipeline.store_kept_results(str(demo_db))
+    assert [o.status for o in stored] == ["stored"] and not path.exists()
+
+    def as_if_stopped_right_after_its_commit():
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(copy)
+
+    as_if_stopped_right_after_its_commit()
+    summary = cluster_database(str(demo_db), RunOptions(downsample=10, models=("Nomic",),
+                                                        device="cpu"), FAST)
+    assert summary.outcomes[0].status == "clustered" and not path.exists()
+    assert f"Nomic: the result kept in {path} is already stored as result " in gc_log.getvalue()
+    assert raw(demo_db, "SELECT count(*) FROM clusteringresult") == [(2,)]  # one new fit
+    as_if_stopped_right_after_its_commit()
+    res = run("store-pending", demo_db)
+    assert res.exit_code == 0 and "Nomic: stored: already, as result " in res.output, res.output
+    assert not path.exists()
+    assert raw(demo_db, "SELECT count(*) FROM clusteringresult") == [(2,)]
