@@ -29,6 +29,7 @@ import numpy as np
 from .device import array_module, to_host
 
 FORMAT = 1
+BLOCK_ROWS = 16_384  # rows per float64 block while fingerprinting (~100 MB at 768-d)
 
 
 def fingerprint(ids: np.ndarray, vectors) -> str:
@@ -38,10 +39,13 @@ def fingerprint(ids: np.ndarray, vectors) -> str:
     xp = array_module(vectors)
     rank = np.empty(len(ids), np.float64)
     rank[order] = np.arange(len(ids)) % 1009 + 1  # weights by sorted position: order-free
-    weights = xp.asarray(rank)
-    plain = to_host(vectors.sum(axis=0, dtype=xp.float64))
-    weighted = to_host(weights @ vectors.astype(xp.float64, copy=False))
-    for sums in (plain, weighted):  # rounded: reduction order may differ by a last bit
+    plain = xp.zeros(vectors.shape[1], xp.float64)
+    weighted = xp.zeros(vectors.shape[1], xp.float64)
+    for start in range(0, vectors.shape[0], BLOCK_ROWS):  # float64 copies of a block only
+        block = vectors[start : start + BLOCK_ROWS].astype(xp.float64)
+        plain += block.sum(axis=0)
+        weighted += xp.asarray(rank[start : start + BLOCK_ROWS]) @ block
+    for sums in (to_host(plain), to_host(weighted)):  # rounded: reduction order may differ by a last bit
         digest.update(np.array([float(f"{v:.9g}") for v in sums]).tobytes())
     digest.update(str(vectors.shape).encode())
     return digest.hexdigest()

@@ -249,17 +249,8 @@ def cluster_model(
                                  pending.fingerprint(loaded.ids, loaded.vectors), backend.NAME,
                                  params.as_dict())
         note_identical_results(engine, key, options.replace)
-        computed = kept_result(engine, kept_dir, key)
-        if computed is None:
-            clock.run("normalise", lambda: normalise_rows(loaded.vectors))
-            labels = clock.run("cluster", lambda: fit(backend, loaded, params, plan, reporter))
-            medoids = clock.run("medoids", lambda: find_medoids(loaded, labels, reporter))
-            parameters = stored_parameters(plan, params, loaded, labels, device, backend, seconds)
-            parameters["memory_plan"] = memory.as_dict()
-            parameters["selection_fingerprint"] = key["fingerprint"]
-            computed = PendingResult(key, loaded.ids, to_host(labels.labels),
-                                     to_host(labels.probabilities), medoids, parameters,
-                                     new_ids.hex())
+        computed = kept_result(engine, kept_dir, key) or compute(
+            loaded, plan, params, memory, key, device, backend, reporter, clock)
     except ModelSkipped as skip:
         return ModelOutcome(survey.model, "skipped", skip.reason, seconds=seconds)
     except MemoryBudgetError as exc:
@@ -274,6 +265,20 @@ def cluster_model(
     return ModelOutcome(survey.model, "clustered", "", int(labels_out.shape[0]),
                         int(computed.medoid_rows.shape[0]), int((labels_out == -1).sum()),
                         result_id, seconds)
+
+
+def compute(loaded: LoadedVectors, plan: ModelPlan, params: P.HdbscanParams, memory, key: dict,
+            device: Device, backend: ModuleType, reporter: Reporter,
+            clock: ModelClock) -> PendingResult:
+    """Normalise, fit, find medoids: the result to store, with its parameters JSON."""
+    clock.run("normalise", lambda: normalise_rows(loaded.vectors))
+    labels = clock.run("cluster", lambda: fit(backend, loaded, params, plan, reporter))
+    medoids = clock.run("medoids", lambda: find_medoids(loaded, labels, reporter))
+    parameters = stored_parameters(plan, params, loaded, labels, device, backend, clock.seconds)
+    parameters["memory_plan"] = memory.as_dict()
+    parameters["selection_fingerprint"] = key["fingerprint"]
+    return PendingResult(key, loaded.ids, to_host(labels.labels), to_host(labels.probabilities),
+                         medoids, parameters, new_ids.hex())
 
 
 def note_identical_results(engine: sa.Engine, key: dict, replace: bool) -> None:

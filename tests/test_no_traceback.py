@@ -3,7 +3,6 @@ gives one clear line (or a normal answer), never a Python traceback."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3

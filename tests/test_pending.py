@@ -3,7 +3,6 @@ database, and the next run (or ``store-pending``) stores it without fitting agai
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 

@@ -5,7 +5,6 @@ final screen still shows every log and summary line, and no leftover bar."""
 from __future__ import annotations
 
 import os
-import pty  # noqa: F401  (POSIX only, like the tool)
 import re
 import select
 import struct
