@@ -48,6 +48,7 @@ class Stage:
     def __init__(self, name: str, total: int | None, unit: str, estimate_s: float | None):
         self.name, self.total, self.unit, self.estimate_s = name, total, unit, estimate_s
         self.done = 0
+        self.waiting = ""  # set while the stage waits on something that logs for itself
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
@@ -108,7 +109,8 @@ class Reporter:
             self._heartbeat(st)
 
     def _heartbeat(self, st: Stage) -> None:
-        log.info("%s", st.status_line())
+        if not st.waiting:  # a wait (for a lock, say) logs its own heartbeat
+            log.info("%s", st.status_line())
 
     def _open(self, st: Stage) -> None:
         pass
@@ -153,7 +155,7 @@ class RichReporter(Reporter):
 
     def _heartbeat(self, st: Stage) -> None:
         rate = st.done / st.elapsed if st.elapsed > 0 and st.total else 0
-        text = f"{rate:,.0f} {st.unit}/s" if st.total else ""
+        text = st.waiting or (f"{rate:,.0f} {st.unit}/s" if st.total else "")
         self._progress.update(self._tasks[id(st)], completed=st.done, rate=text)
 
     def _close(self, st: Stage) -> None:

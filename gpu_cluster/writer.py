@@ -119,7 +119,11 @@ def insert_result(
 ) -> None:
     """The write transaction itself: optional delete, the result row, the memberships."""
     purpose = f"to store {result.model}'s result ({result.ids.shape[0]:,} rows)"
+    if stage is not None:
+        stage.waiting = "waiting for the write lock"
     with write_connection(engine, purpose) as conn, conn.begin():
+        if stage is not None:
+            stage.waiting = ""
         if replace:
             replaced = delete_model_results_listed(conn, result.model)
             result.parameters["replaced_results"] = len(replaced)

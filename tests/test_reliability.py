@@ -258,6 +258,7 @@ def test_by_default_the_final_write_waits_as_long_as_the_lock_is_held(demo_db, g
                          f"store Nomic's result (300 rows): {s} s so far, no time limit "
                          f"(--lock-timeout sets one)" for s in (1, 2, 3, 4)]
     assert log.index(beats[-1]) < log.index("Nomic: write: finished")
+    assert "Nomic: write: 0/300 rows" not in log  # the lock's lines, not an "ETA unknown" one
     outcome = summary.outcomes[0]
     assert (outcome.status, outcome.n) == ("clustered", 300)
     stored = raw(demo_db, "SELECT count(*) FROM embeddingcluster WHERE clustering_result_id = ?",
