@@ -189,7 +189,7 @@ def cluster(db, downsample, models, device, algorithm, epsilon, min_cluster_size
     A result that cannot be stored (a lock held past --lock-timeout, a stop while
     waiting, a full disk) is kept beside the database and stored by the next run.
     """
-    from .pipeline import RunOptions, check_run, cluster_database
+    from .pipeline import RunOptions, check_run, cluster_database, kept_results_of
 
     options = RunOptions(
         downsample=downsample, models=tuple(models), device=device, algorithm=algorithm,
@@ -202,6 +202,9 @@ def cluster(db, downsample, models, device, algorithm, epsilon, min_cluster_size
         dev, surveys = check_run(db, options)
         names = ", ".join(f"{m} ({s.total:,} embeddings)" for m, s in surveys.items())
         click.echo(f"ok: {db} opens for writing; device {dev.kind}; would cluster {names or 'nothing'}")
+        if kept := kept_results_of(db):
+            click.echo(f"{len(kept)} result(s) kept by an earlier run, stored by this run if "
+                       f"they match it: {', '.join(str(k.path) for k in kept)}")
         return
     reporter = setup_output(heartbeat)
     stop_on_signals()

@@ -174,6 +174,7 @@ def check_run(db: str, options: RunOptions) -> tuple[Device, dict[str, ModelSurv
     """Everything a run checks before its first fit, and nothing more: the database
     opens for writing with panic-tda's tables, the device and backend are usable, the
     explicit parameters are possible, and every requested model exists. Writes nothing.
+    (``kept_results_of(db)`` lists results kept by earlier runs.)
     """
     engine = open_database(db, write=True, lock_timeout_s=options.lock_timeout)
     try:
@@ -184,6 +185,12 @@ def check_run(db: str, options: RunOptions) -> tuple[Device, dict[str, ModelSurv
             return device, requested_surveys(survey_embeddings(conn, None), options.models)
     finally:
         engine.dispose()
+
+
+def kept_results_of(db: str) -> list[PendingResult]:
+    """Results computed by earlier runs of ``db`` and kept because they could not be stored."""
+    target = parse_target(db)
+    return pending.kept_results(pending.pending_dir(target.label, target.sqlite_path))
 
 
 def log_stop(exc: BaseException, where: str, outcomes: list[ModelOutcome]) -> None:

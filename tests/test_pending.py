@@ -106,6 +106,10 @@ def test_store_pending_stores_what_still_matches_and_leaves_the_rest(demo_db):
     mpnet = keep_under_lock(demo_db, RunOptions(downsample=10, models=("STSBMpnet",),
                                                 device="cpu"))
     set_vectors(demo_db, "STSBMpnet", vec(768, 0.5), 1, 0, 10)  # one selected row changed
+    check = run("cluster", demo_db, "--check")
+    assert check.exit_code == 0 and check.output.splitlines()[-1] == (
+        f"2 result(s) kept by an earlier run, stored by this run if they match it: {nomic}, "
+        f"{mpnet}")
     res = run("store-pending", demo_db)
     assert res.exit_code == 1, res.output
     lines = res.output.splitlines()
