@@ -173,3 +173,24 @@ def test_sigint_is_logged_like_sigterm(demo_db):
     log = "".join(lines)
     assert "received SIGINT: stopping; the model in progress is stored whole or not at all" in log
     assert log.endswith("gpu-cluster: interrupted by SIGINT\n")
+
+
+def test_unknown_names_are_errors_with_one_exit_code(demo_db):
+    model = run("delete", demo_db, "--model", "NoSuch", "--yes")
+    result = run("delete", demo_db, "--result", "0" * 32, "--yes")
+    cluster = run("cluster", demo_db, "--model", "NoSuch", "-d", 10)
+    assert model.exit_code == result.exit_code == cluster.exit_code == 3
+    assert model.output == ("gpu-cluster: error: no clustering results of model 'NoSuch' "
+                            "(models with results: none)\n")
+    assert cluster.output.splitlines()[-1] == (
+        "gpu-cluster: error: no embeddings of model 'NoSuch' in this database; its models: "
+        "Dummy (5 embeddings), Nomic (3,000 embeddings), STSBMpnet (3,000 embeddings), "
+        "STSBRoberta (3,000 embeddings)")
+    assert "blob not 4*0 bytes" not in cluster.output
+
+
+def test_demo_db_in_a_missing_folder_is_one_line(tmp_path):
+    res = run("demo-db", tmp_path / "no" / "dir" / "x.sqlite")
+    assert res.exit_code == 2
+    assert res.output == (f"gpu-cluster: error: cannot create {tmp_path}/no/dir/x.sqlite: "
+                          f"folder {tmp_path}/no/dir does not exist\n")
