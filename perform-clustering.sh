@@ -3,10 +3,13 @@
 #
 #   ./perform-clustering.sh DB [cluster options]      e.g. ./perform-clustering.sh panic.sqlite -d 100
 #
-# Writes the PID of the gpu-cluster process to logs/clustering.pid and refuses to start
-# while that process is alive (the PID file is claimed atomically, so two launches at
-# once start one run). A stale PID file (process gone) is replaced. When the run ends,
-# a summary line (gpu-cluster's own last word) and its exit status end the log.
+# First checks, in the foreground, that the run can start (`gpu-cluster cluster --check`:
+# the options, the database opened for writing, the models, the device); if it cannot,
+# prints why and exits non-zero without starting anything. Writes the PID of the
+# gpu-cluster process to logs/clustering.pid and refuses to start while that process is
+# alive (the PID file is claimed atomically, so two launches at once start one run). A
+# stale PID file (process gone) is replaced. When the run ends, a summary line
+# (gpu-cluster's own last word) and its exit status end the log.
 # Environment: GPU_CLUSTER (command to run; default: ./.venv/bin/gpu-cluster if present,
 # else gpu-cluster on PATH), LOG_DIR (default: logs).
 set -euo pipefail
@@ -36,20 +39,34 @@ if [ "${1:-}" = "--wrapped-run" ]; then  # the nohup'd part: run, wait, record t
     exit "$rc"
 fi
 
-if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
-    exit 2
-fi
+usage() { sed -n '2,/^[^#]/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; }
 
 here="$(cd "$(dirname "$0")" && pwd)"
 if [ -z "${GPU_CLUSTER:-}" ]; then
     if [ -x "$here/.venv/bin/gpu-cluster" ]; then GPU_CLUSTER="$here/.venv/bin/gpu-cluster"
     else GPU_CLUSTER=gpu-cluster; fi
 fi
-command -v "$GPU_CLUSTER" >/dev/null 2>&1 || {
-    echo "perform-clustering: '$GPU_CLUSTER' not found; run scripts/demo.sh or pip install the project" >&2
+have_cli() { command -v "$GPU_CLUSTER" >/dev/null 2>&1; }
+not_found="perform-clustering: '$GPU_CLUSTER' not found; run scripts/demo.sh or pip install the project"
+
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+    usage
+    if have_cli; then echo; echo "cluster options:"; "$GPU_CLUSTER" cluster --help | sed -n '/^Options:/,$p' | tail -n +2; fi
+    exit 0
+fi
+if [ $# -lt 1 ]; then
+    usage >&2
     exit 2
-}
+fi
+have_cli || { echo "$not_found" >&2; exit 2; }
+
+# Preflight: a run that cannot start says so here, on the terminal, with a non-zero exit.
+# (Not captured: if the database is locked, its waiting lines show as they come.)
+rc=0; "$GPU_CLUSTER" cluster --check "$@" < /dev/null || rc=$?
+if [ "$rc" -ne 0 ]; then
+    echo "perform-clustering: not started (the check above failed with exit status $rc)" >&2
+    exit "$rc"
+fi
 
 log_dir="${LOG_DIR:-logs}"
 mkdir -p "$log_dir"

@@ -20,6 +20,9 @@ from .progress import DEFAULT_HEARTBEAT_S, Reporter, RichReporter, format_bytes,
 log = logging.getLogger("gpu_cluster")
 
 
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
 class Cli(click.Group):
     """Renders domain errors as one line instead of a traceback."""
 
@@ -41,29 +44,42 @@ class Terminated(KeyboardInterrupt):
     signum = signal.SIGTERM
 
 
-def interrupt_on_sigterm(signum, frame):
-    log.error("received SIGTERM: stopping; the model in progress is stored whole or not at all")
-    raise Terminated
+def interrupt_on_signal(signum, frame):
+    """Log the signal, then raise KeyboardInterrupt (Terminated for SIGTERM)."""
+    log.error("received %s: stopping; the model in progress is stored whole or not at all",
+              signal.Signals(signum).name)
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
 def stop_on_signals() -> None:
-    """SIGTERM and SIGINT raise KeyboardInterrupt, even where SIGINT was inherited as
-    ignored (a background job under ``nohup ... &``), so ``kill -INT`` stops a run too."""
-    signal.signal(signal.SIGTERM, interrupt_on_sigterm)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    """SIGTERM and SIGINT are logged and raise KeyboardInterrupt, even where SIGINT was
+    inherited as ignored (a background job under ``nohup ... &``), so ``kill -INT`` stops
+    a run too."""
+    signal.signal(signal.SIGTERM, interrupt_on_signal)
+    signal.signal(signal.SIGINT, interrupt_on_signal)
 
 
 def lock_timeout_option(f):
-    """``--lock-timeout``, shared by every command that opens a database."""
+    """``--lock-timeout`` for the short commands: a bounded wait by default."""
     return click.option(
         "--lock-timeout", default=P.DEFAULT_LOCK_TIMEOUT_S, show_default=True, type=float,
         help="Seconds to wait while another process (panic-tda, say) holds the database's "
-             "lock, logging while it waits; then stop with an error (results stored "
-             "before stay).")(f)
+             "lock, logging while it waits; then stop with an error.")(f)
+
+
+def unbounded_lock_timeout_option(f):
+    """``--lock-timeout`` for commands that store computed results: no limit by default."""
+    return click.option(
+        "--lock-timeout", default=None, type=float,
+        help="Bound, in seconds, on waiting for another process's lock (panic-tda writing, "
+             "say). Default: wait as long as it takes, logging what it waits for. When the "
+             "bound is hit the computed result is kept in a file beside the database and "
+             "stored by the next run, without computing it again.")(f)
 
 
 def setup_output(heartbeat_s: float) -> Reporter:
-    """Rich bars and log on a terminal; timestamped plain lines otherwise (nohup)."""
+    """One live rich display with the log above it on a terminal; timestamped plain
+    lines otherwise (nohup). Close the reporter when the run ends."""
     root = logging.getLogger("gpu_cluster")
     root.handlers.clear()
     root.setLevel(logging.INFO)
@@ -126,7 +142,7 @@ def param_options(f):
     return f
 
 
-@click.group(cls=Cli)
+@click.group(cls=Cli, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="gpu-cluster")
 def main():
     """HDBSCAN clusters of panic-tda embeddings, stored back in the same database.
@@ -135,13 +151,17 @@ def main():
     """
 
 
-@main.command("demo-db")
+@main.command("demo-db", short_help="Write a panic-tda-shaped demo database.")
 @click.argument("path")
-@click.option("--text-invocations", default=30_000, show_default=True, type=int)
-@click.option("--dim", default=768, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--text-invocations", default=30_000, show_default=True, type=int,
+              help="TEXT invocations, i.e. vectors per real model (30k take ~15 s).")
+@click.option("--dim", default=768, show_default=True, type=int,
+              help="Vector dimension of the real models.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Random seed: the same seed writes the same data.")
 def demo_db(path, text_invocations, dim, seed):
-    """Write a panic-tda-shaped demo database to PATH (which must not exist)."""
+    """Write a panic-tda-shaped demo database to PATH (which must not exist, in a folder
+    that does): runs, invocations and embeddings of three real models and a Dummy."""
     from .demo import DemoSpec, make_demo_db
 
     counts = make_demo_db(path, DemoSpec(text_invocations=text_invocations, dim=dim, seed=seed))
@@ -149,7 +169,7 @@ def demo_db(path, text_invocations, dim, seed):
                f"{counts['embeddings']} embeddings")
 
 
-@main.command()
+@main.command(short_help="Cluster each model of DB and store the results.")
 @click.argument("db")
 @param_options
 @click.option("--batch-size", default=P.DEFAULT_BATCH_SIZE, show_default=True, type=int,
@@ -157,12 +177,19 @@ def demo_db(path, text_invocations, dim, seed):
 @click.option("--replace", is_flag=True, help="Delete each model's earlier results (same transaction).")
 @click.option("--heartbeat", default=DEFAULT_HEARTBEAT_S, show_default=True, type=float,
               help="Seconds between progress lines when output is not a terminal.")
-@lock_timeout_option
+@unbounded_lock_timeout_option
+@click.option("--check", is_flag=True,
+              help="Only check that the run can start (options, database open for writing, "
+                   "models, device), print what it would cluster, and exit.")
 def cluster(db, downsample, models, device, algorithm, epsilon, min_cluster_size,
             min_samples, memory_budget, gpu_memory, batch_size, replace, heartbeat,
-            lock_timeout):
-    """Cluster each embedding model of DB and store one result per model."""
-    from .pipeline import RunOptions, cluster_database
+            lock_timeout, check):
+    """Cluster each embedding model of DB and store one result per model.
+
+    A result that cannot be stored (a lock held past --lock-timeout, a stop while
+    waiting, a full disk) is kept beside the database and stored by the next run.
+    """
+    from .pipeline import RunOptions, check_run, cluster_database, kept_results_of
 
     options = RunOptions(
         downsample=downsample, models=tuple(models), device=device, algorithm=algorithm,
@@ -170,9 +197,21 @@ def cluster(db, downsample, models, device, algorithm, epsilon, min_cluster_size
         batch_size=batch_size, replace=replace, memory_budget=memory_budget,
         gpu_memory=gpu_memory, lock_timeout=lock_timeout,
     )
+    P.validate(heartbeat=heartbeat)
+    if check:
+        dev, surveys = check_run(db, options)
+        names = ", ".join(f"{m} ({s.total:,} embeddings)" for m, s in surveys.items())
+        click.echo(f"ok: {db} opens for writing; device {dev.kind}; would cluster {names or 'nothing'}")
+        if kept := kept_results_of(db):
+            click.echo(f"{len(kept)} result(s) kept by an earlier run, stored by this run if "
+                       f"they match it: {', '.join(str(k.path) for k in kept)}")
+        return
     reporter = setup_output(heartbeat)
     stop_on_signals()
-    summary = cluster_database(db, options, reporter)
+    try:
+        summary = cluster_database(db, options, reporter)
+    finally:
+        reporter.close()
     for o in summary.outcomes:
         if o.status == "clustered":
             click.echo(f"{o.model}: clustered n={o.n} clusters={o.n_clusters} "
@@ -193,7 +232,7 @@ def open_checked(db: str, lock_timeout: float, *, write: bool = False):
     return open_database(db, write=write, lock_timeout_s=lock_timeout)
 
 
-@main.command()
+@main.command(short_help="Show what `cluster` would do; writes nothing.")
 @click.argument("db")
 @param_options
 @lock_timeout_option
@@ -245,7 +284,7 @@ def result_line(r) -> str:
             f"eps={eps} mcs={mcs} ms={ms} downsample={ds} backend={r.parameters.get('backend', '?')}")
 
 
-@main.command("list")
+@main.command("list", short_help="List every stored clustering result.")
 @click.argument("db")
 @click.option("--model", "-m", default=None, help="Only this model's results.")
 @lock_timeout_option
@@ -259,7 +298,7 @@ def list_cmd(db, model, lock_timeout):
     click.echo(f"{len(results)} result(s)")
 
 
-@main.command()
+@main.command(short_help="Show the latest stored result of each model.")
 @click.argument("db")
 @lock_timeout_option
 def status(db, lock_timeout):
@@ -273,7 +312,7 @@ def status(db, lock_timeout):
         click.echo("no clustering results stored")
 
 
-@main.command()
+@main.command(short_help="Delete stored results (needs --yes).")
 @click.argument("db")
 @click.option("--model", "-m", default=None, help="Delete all of this model's results.")
 @click.option("--result", "result_id", default=None, help="Delete this one result (id).")
@@ -288,3 +327,28 @@ def delete(db, model, result_id, yes, lock_timeout):
     engine = open_checked(db, lock_timeout, write=True)
     n = delete_results(engine, model=model, result_id=result_id)
     click.echo(f"deleted {n} clustering result(s)")
+
+
+@main.command("store-pending", short_help="Store results kept by a run that could not write.")
+@click.argument("db")
+@click.option("--replace", is_flag=True, help="Delete each stored model's earlier results.")
+@unbounded_lock_timeout_option
+def store_pending(db, replace, lock_timeout):
+    """Store the results that `cluster` computed but could not write (kept in DB.pending/
+    beside a SQLite file), after checking that each one's rows are unchanged. Nothing is
+    computed again. Exit 1 if a kept result no longer matches the database (it is left)."""
+    from .pipeline import store_kept_results
+
+    P.validate(lock_timeout=lock_timeout)
+    reporter = setup_output(DEFAULT_HEARTBEAT_S)
+    stop_on_signals()
+    try:
+        outcomes = store_kept_results(db, replace=replace, lock_timeout=lock_timeout,
+                                      reporter=reporter)
+    finally:
+        reporter.close()
+    for o in outcomes:
+        click.echo(f"{o.model}: {o.status}: {o.detail} ({o.path})")
+    left = sum(o.status == "left" for o in outcomes)
+    click.echo(f"{len(outcomes) - left} stored, {left} left" if outcomes else "no kept results")
+    sys.exit(1 if left else 0)

@@ -4,12 +4,13 @@ A missing SQLite file is an error, never silently created: files are opened thro
 ``sqlite3``'s URI form with ``mode=rw`` (or ``mode=ro``). Transactions on SQLite are
 begun explicitly so that a write transaction takes the write lock at BEGIN and is short.
 
-Waiting for another process's lock (panic-tda writing, say) is bounded: each attempt
-to take a lock waits at most ``LOCK_POLL_S`` inside SQLite, then the attempt is repeated
-until ``LockWait.timeout_s`` has passed, with a log line every ``heartbeat_s``. Short
-attempts keep SIGTERM/Ctrl-C prompt while waiting (a signal is handled only between
-SQLite calls). On PostgreSQL the server bounds every lock wait of the connection
-(``lock_timeout``), and a wait cut short becomes the same DatabaseLocked.
+Waiting for another process's lock (panic-tda writing, say): each attempt to take a
+lock waits at most ``LOCK_POLL_S`` inside SQLite, then the attempt is repeated until
+``LockWait.timeout_s`` has passed (``None``: for as long as it takes), with a log line
+every ``heartbeat_s`` saying what it waits for and for how long. Short attempts keep
+SIGTERM/Ctrl-C prompt while waiting (a signal is handled only between SQLite calls).
+On PostgreSQL the server bounds every lock wait of the connection (``lock_timeout``),
+and a wait cut short becomes the same DatabaseLocked.
 
 A run sees one consistent state of the database (:class:`Snapshot`): on PostgreSQL
 every read imports the snapshot the run exported before its survey; on SQLite the
@@ -54,8 +55,19 @@ PSYCOPG_BINARY = 1  # psycopg.pq.Format.BINARY
 class LockWait:
     """How long to wait for another process's lock, and how often to say so (seconds)."""
 
-    timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+    timeout_s: float | None = DEFAULT_LOCK_TIMEOUT_S  # None: no limit
     heartbeat_s: float = DEFAULT_LOCK_HEARTBEAT_S
+    path: Path | None = None  # the SQLite file, to name the process holding its lock
+
+    def holder_text(self) -> str:
+        from .lockinfo import lock_holder_text
+
+        return (self.path and lock_holder_text(self.path)) or "held by another process"
+
+    def limit_text(self, waited: float) -> str:
+        if self.timeout_s is None:
+            return f"{waited:.0f} s so far, no time limit (--lock-timeout sets one)"
+        return f"{waited:.0f} s of {self.timeout_s:g} s (--lock-timeout)"
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,7 @@ def parse_target(db: str) -> Target:
         return Target(sa.make_url("sqlite://"), Path(db))
     try:
         url = sa.make_url(db)
-    except sa.exc.ArgumentError as exc:
+    except (sa.exc.ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
         raise DatabaseError(f"cannot parse database URL {db!r}: {exc}") from None
     if url.get_backend_name() == "sqlite":
         if not url.database or url.database == ":memory:":
@@ -134,29 +146,32 @@ def _try_begin(dbapi: sqlite3.Connection, write: bool) -> bool:
         return False
 
 
-def begin_when_unlocked(dbapi: sqlite3.Connection, write: bool, wait: LockWait) -> None:
+def begin_when_unlocked(dbapi: sqlite3.Connection, write: bool, wait: LockWait,
+                        purpose: str = "") -> None:
     """Begin a transaction, retrying while another process holds the lock.
 
-    Logs a heartbeat every ``wait.heartbeat_s`` and raises DatabaseLocked after
-    ``wait.timeout_s`` seconds.
+    Logs a heartbeat every ``wait.heartbeat_s`` (saying ``purpose``, e.g. "to store
+    Nomic's result") and raises DatabaseLocked after ``wait.timeout_s`` seconds
+    (never, when it is None).
     """
     kind = "write" if write else "read"
     start = time.monotonic()
     next_beat = wait.heartbeat_s
     while not _try_begin(dbapi, write):
         waited = time.monotonic() - start
-        if waited >= wait.timeout_s:
+        if wait.timeout_s is not None and waited >= wait.timeout_s:
             raise DatabaseLocked(wait.timeout_s)
         if waited >= next_beat:
-            log.warning("waiting for the database %s lock (held by another process): "
-                        "%.0f s of %g s", kind, waited, wait.timeout_s)
+            log.warning("waiting for the database %s lock (%s)%s: %s", kind,
+                        wait.holder_text(), f" {purpose}" if purpose else "",
+                        wait.limit_text(waited))
             next_beat += wait.heartbeat_s
         time.sleep(0.05)  # SQLite waited LOCK_POLL_S already, unless it refused at once
 
 
-def _sqlite_engine(path: Path, *, write: bool, wait: LockWait) -> sa.Engine:
+def _sqlite_engine(path: Path, *, write: bool, wait: LockWait, immutable: bool = False) -> sa.Engine:
     mode = "rw" if write else "ro"
-    uri = f"file:{quote(str(path.resolve()))}?mode={mode}"
+    uri = f"file:{quote(str(path.resolve()))}?mode={mode}" + ("&immutable=1" if immutable else "")
 
     def connect() -> sqlite3.Connection:
         conn = sqlite3.connect(uri, uri=True, timeout=LOCK_POLL_S, check_same_thread=False)
@@ -167,8 +182,9 @@ def _sqlite_engine(path: Path, *, write: bool, wait: LockWait) -> sa.Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:
-        writing = conn.get_execution_options().get("sqlite_write", False)
-        begin_when_unlocked(conn.connection.dbapi_connection, writing, wait)
+        opts = conn.get_execution_options()
+        begin_when_unlocked(conn.connection.dbapi_connection, opts.get("sqlite_write", False),
+                            wait, opts.get("lock_purpose", ""))
 
     return engine
 
@@ -206,7 +222,7 @@ def _postgres_engine(target: Target, wait: LockWait) -> sa.Engine:
 
 
 def open_database(
-    db: str, *, write: bool = False, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    db: str, *, write: bool = False, lock_timeout_s: float | None = DEFAULT_LOCK_TIMEOUT_S,
     lock_heartbeat_s: float = DEFAULT_LOCK_HEARTBEAT_S,
 ) -> sa.Engine:
     """Open ``db`` and check it holds panic-tda's tables.
@@ -215,14 +231,15 @@ def open_database(
         db: a SQLite file path or a SQLAlchemy URL.
         write: open for writing (the file must be writable).
         lock_timeout_s: how long to wait for another process's lock, seconds, before
-            DatabaseLocked is raised (SQLite: retried attempts with a heartbeat;
-            PostgreSQL: the session's ``lock_timeout``).
+            DatabaseLocked is raised; None waits as long as it takes (SQLite: retried
+            attempts with a heartbeat; PostgreSQL: the session's ``lock_timeout``).
         lock_heartbeat_s: seconds between "waiting for the lock" log lines (SQLite).
     """
     target = parse_target(db)
     wait = LockWait(lock_timeout_s, lock_heartbeat_s)
     if target.sqlite_path is not None:
         check_sqlite_file(target.sqlite_path, write=write)
+        wait = LockWait(lock_timeout_s, lock_heartbeat_s, target.sqlite_path)
         engine = _sqlite_engine(target.sqlite_path, write=write, wait=wait)
     else:
         try:
@@ -237,15 +254,51 @@ def open_database(
             raise DatabaseError(f"cannot use database URL {target.label}: {exc}{hint}") from None
     try:
         check_schema(engine)
-    except sa.exc.DBAPIError as exc:
+    except (sa.exc.DBAPIError, sqlite3.Error) as exc:
         engine.dispose()
-        raise DatabaseError(f"cannot read {target.label}: {exc.orig}") from None
+        if target.sqlite_path is not None and not write and _wal_folder_unwritable(target.sqlite_path):
+            return _open_immutable(target.sqlite_path, wait)
+        raise DatabaseError(f"cannot read {target.label}: {getattr(exc, 'orig', exc)}") from None
     return engine
 
 
-def write_connection(engine: sa.Engine) -> sa.Connection:
-    """A connection whose transactions take the write lock at BEGIN (SQLite)."""
-    return engine.connect().execution_options(sqlite_write=True)
+def _wal_folder_unwritable(path: Path) -> bool:
+    """A WAL-mode file in a folder we cannot write: SQLite cannot create its -shm there."""
+    with open(path, "rb") as fh:
+        header = fh.read(20)
+    return header[18:20] == b"\x02\x02" and not os.access(path.parent or Path("."), os.W_OK)
+
+
+def _open_immutable(path: Path, wait: LockWait) -> sa.Engine:
+    """Read a WAL file in an unwritable folder as immutable, when that loses nothing.
+
+    With no (non-empty) ``-wal`` file every committed change is in the main file, and
+    no writer is active (it would need that folder too), so reading it as immutable
+    is exact. Otherwise a clear error.
+    """
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        raise DatabaseError(
+            f"cannot read {path}: it is in WAL mode with changes still in {wal.name}, and its "
+            f"folder is not writable, so SQLite cannot open it; ask its owner to checkpoint it "
+            f"(sqlite3 {path} 'PRAGMA wal_checkpoint(TRUNCATE)') or copy it somewhere writable")
+    engine = _sqlite_engine(path, write=False, wait=wait, immutable=True)
+    try:
+        check_schema(engine)
+    except (sa.exc.DBAPIError, sqlite3.Error) as exc:
+        engine.dispose()
+        raise DatabaseError(f"cannot read {path}: {getattr(exc, 'orig', exc)}") from None
+    log.warning("%s: its folder is not writable, so it is read as an immutable file (it is in "
+             "WAL mode and has no pending -wal changes)", path)
+    return engine
+
+
+def write_connection(engine: sa.Engine, purpose: str = "") -> sa.Connection:
+    """A connection whose transactions take the write lock at BEGIN (SQLite).
+
+    ``purpose`` ("to store Nomic's result") is said by the lock-wait heartbeat.
+    """
+    return engine.connect().execution_options(sqlite_write=True, lock_purpose=purpose)
 
 
 SNAPSHOT_ID = re.compile(r"^[0-9A-Fa-f-]+$")  # what pg_export_snapshot() returns
@@ -343,6 +396,6 @@ def database_errors(doing: str, consequence: str = "") -> Iterator[None]:
         yield
     except DatabaseLocked as exc:
         raise DatabaseLocked(exc.waited_s, f"while {doing}{consequence}") from None
-    except sa.exc.DBAPIError as exc:
-        why, todo = failure_reason(exc.orig)
+    except (sa.exc.DBAPIError, sqlite3.Error) as exc:  # sqlite3's own: raised in our BEGIN
+        why, todo = failure_reason(getattr(exc, "orig", exc))
         raise DatabaseError(f"{why} while {doing}{consequence}; {todo}") from None

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import sqlalchemy as sa
 
-from .errors import ParameterError
+from .errors import DatabaseError, ParameterError
 from .ids import Uuid7
 from .schema import embedding, experimentconfig, invocation, metadata, run
 
@@ -138,6 +138,17 @@ def make_demo_db(path: str | Path, spec: DemoSpec = DemoSpec()) -> dict:
     path = Path(path)
     if path.exists():
         raise ParameterError(f"{path} already exists; choose a new path for the demo database")
+    folder = path.parent
+    if not folder.is_dir():
+        raise DatabaseError(f"cannot create {path}: folder {folder} does not exist")
+    try:
+        return _write_demo_db(path, spec)
+    except (sa.exc.DBAPIError, OSError) as exc:
+        why = getattr(exc, "orig", None) or getattr(exc, "strerror", None) or exc
+        raise DatabaseError(f"cannot create {path}: {why}") from None
+
+
+def _write_demo_db(path: Path, spec: DemoSpec) -> dict:
     rng = np.random.default_rng(spec.seed)
     w = DemoWriter(spec.seed)
     engine = sa.create_engine(f"sqlite:///{path}")

@@ -61,7 +61,6 @@ def resolve_device(requested: str) -> Device:
         return Device("gpu", "requested with --device gpu", _gpu_name())
     if usable:
         return Device("gpu", f"--device auto found {why}", _gpu_name())
-    log.info("--device auto: using the CPU because %s", why)
     return Device("cpu", f"--device auto fell back to the CPU: {why}")
 
 

@@ -58,3 +58,15 @@ class ModelSkipped(GpuClusterError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class UnknownName(ParameterError):
+    """A model or result named on the command line is not in the database."""
+
+
+class ResultKept(DatabaseError):
+    """A computed result could not be stored; it is kept in the file ``path``."""
+
+    def __init__(self, message: str, path):
+        super().__init__(message)
+        self.path = path

@@ -15,7 +15,9 @@ from .errors import ParameterError
 DEFAULT_EPSILON = 0.4
 DEFAULT_FRACTION = 0.001
 DEFAULT_BATCH_SIZE = 10_000
-DEFAULT_LOCK_TIMEOUT_S = 60.0  # waiting for another process's database lock
+DEFAULT_LOCK_TIMEOUT_S = 60.0  # list/status/plan/delete waiting for another process's lock
+# `cluster` waits for the lock as long as it takes (None) unless --lock-timeout is given:
+# its computed result must never be thrown away for a lock.
 
 # name -> (predicate, message). Checked once, at the boundary, before any work.
 CONSTRAINTS = {
@@ -30,8 +32,12 @@ CONSTRAINTS = {
         "must be an integer >= 1",
     ),
     "lock_timeout": (
-        lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
+        lambda v: v is None or (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0),
         "must be a number of seconds >= 0",
+    ),
+    "heartbeat": (
+        lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
+        "must be a number of seconds > 0",
     ),
     "batch_size": (
         lambda v: isinstance(v, int) and 1 <= v <= 1_000_000,

@@ -4,9 +4,11 @@
 a model with too few vectors (or mostly unusable rows) is skipped with its reason, a
 model whose fit fails is recorded as failed, and the run goes on. Nothing is written for
 a model until its clustering and medoids are complete, and then in one short
-transaction. A database failure (full disk, a lock held past ``--lock-timeout``) or an
-interruption stops the run; the log says during which model and stage, and how many
-models were already stored.
+transaction, which waits for another process's lock as long as it takes unless
+``--lock-timeout`` bounds it. A database failure (full disk, a lock held past that
+bound) or an interruption stops the run; the log says during which model and stage,
+and how many models were already stored. A result computed but not stored is kept
+beside the database (pending.py) and stored by the next run instead of a new fit.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import platform
 from importlib import metadata
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import ModuleType
 
 import sqlalchemy as sa
@@ -25,13 +28,17 @@ from . import isolation
 from . import params as P
 from .backends import Labels, load_backend
 from .budget import MemoryBudgetError, default_host_budget
-from .database import DEFAULT_LOCK_TIMEOUT_S, Snapshot, database_errors, open_database
+from . import pending
+from .database import DEFAULT_LOCK_TIMEOUT_S, Snapshot, database_errors, open_database, parse_target
 from .device import Device, resolve_device, to_host
-from .errors import DatabaseError, ModelSkipped
+from .errors import DatabaseError, ModelSkipped, ResultKept, UnknownName
+from .ids import new_ids
 from .loading import LoadedVectors, load_vectors, mostly_unusable_reason, normalise_rows
 from .medoids import medoid_indices
 from .planner import ModelPlan, fit_params, plan_model
+from .pending import PendingResult
 from .progress import Reporter, format_seconds
+from .results import model_result_parameters, result_exists
 from .selection import ModelSurvey, survey_embeddings
 from .writer import ResultToWrite, write_result
 
@@ -51,7 +58,7 @@ class RunOptions:
     replace: bool = False
     memory_budget: int | None = None  # host bytes for a CPU fit (default: 45% of the RAM)
     gpu_memory: int | None = None  # device bytes to plan with (default: free memory)
-    lock_timeout: float = DEFAULT_LOCK_TIMEOUT_S  # seconds to wait for another process's lock
+    lock_timeout: float | None = None  # seconds to wait for another process's lock; None: no limit
 
     def __post_init__(self):
         P.validate(downsample=self.downsample, batch_size=self.batch_size,
@@ -99,10 +106,24 @@ def library_versions() -> dict:
 
 
 def survey_models(snapshot: Snapshot, models: tuple[str, ...], reporter: Reporter) -> dict[str, ModelSurvey]:
-    """Count every model's embeddings by layout (one grouped query), in ``snapshot``."""
+    """Count every model's embeddings by layout (one grouped query), in ``snapshot``.
+
+    Raises UnknownName, listing the models the database has, for a requested model
+    without a single embedding.
+    """
     with reporter.stage("survey", unit="queries"), database_errors("surveying the embeddings"):
         with snapshot.reading() as conn:
-            return survey_embeddings(conn, list(models) or None)
+            return requested_surveys(survey_embeddings(conn, None), models)
+
+
+def requested_surveys(surveys: dict[str, ModelSurvey], models: tuple[str, ...]) -> dict[str, ModelSurvey]:
+    """The surveys of ``models`` (all when empty), or UnknownName for a model not there."""
+    unknown = [m for m in dict.fromkeys(models) if m not in surveys]
+    if unknown:
+        having = ", ".join(f"{m} ({s.total:,} embeddings)" for m, s in surveys.items()) or "none"
+        names = ", ".join(repr(m) for m in unknown)
+        raise UnknownName(f"no embeddings of model {names} in this database; its models: {having}")
+    return {m: surveys[m] for m in dict.fromkeys(models)} if models else surveys
 
 
 @dataclass
@@ -131,6 +152,8 @@ def cluster_database(db: str, options: RunOptions, reporter: Reporter | None = N
     reporter = reporter or Reporter()
     engine = open_database(db, write=True, lock_timeout_s=options.lock_timeout,
                            lock_heartbeat_s=max(reporter.heartbeat_s, 1.0))
+    target = parse_target(db)
+    kept_dir = pending.pending_dir(target.label, target.sqlite_path)
     outcomes: list[ModelOutcome] = []
     place, clock = "startup", None  # where the run is, for the line saying where it stopped
     snapshot = Snapshot(engine)  # the survey and every read see the same rows
@@ -145,7 +168,7 @@ def cluster_database(db: str, options: RunOptions, reporter: Reporter | None = N
             log.info("model %d/%d: %s", i, len(surveys), model)
             place, clock = model, ModelClock()
             outcomes.append(cluster_model(engine, s, options, device, backend, reporter, clock,
-                                          snapshot))
+                                          snapshot=snapshot, kept_dir=kept_dir))
             log_outcome(outcomes[-1])
         return RunSummary(outcomes)
     except (KeyboardInterrupt, DatabaseError) as exc:
@@ -154,6 +177,29 @@ def cluster_database(db: str, options: RunOptions, reporter: Reporter | None = N
     finally:
         snapshot.close()
         engine.dispose()
+
+
+def check_run(db: str, options: RunOptions) -> tuple[Device, dict[str, ModelSurvey]]:
+    """Everything a run checks before its first fit, and nothing more: the database
+    opens for writing with panic-tda's tables, the device and backend are usable, the
+    explicit parameters are possible, and every requested model exists. Writes nothing.
+    (``kept_results_of(db)`` lists results kept by earlier runs.)
+    """
+    engine = open_database(db, write=True, lock_timeout_s=options.lock_timeout)
+    try:
+        device = resolve_device(options.device)
+        backend = load_backend(device.kind, options.algorithm)
+        check_explicit_params(backend, options.requested)
+        with database_errors("surveying the embeddings"), engine.connect() as conn:
+            return device, requested_surveys(survey_embeddings(conn, None), options.models)
+    finally:
+        engine.dispose()
+
+
+def kept_results_of(db: str) -> list[PendingResult]:
+    """Results computed by earlier runs of ``db`` and kept because they could not be stored."""
+    target = parse_target(db)
+    return pending.kept_results(pending.pending_dir(target.label, target.sqlite_path))
 
 
 def log_stop(exc: BaseException, where: str, outcomes: list[ModelOutcome]) -> None:
@@ -185,12 +231,15 @@ def available_memory(device: Device, options: RunOptions) -> int:
 def cluster_model(
     engine: sa.Engine, survey: ModelSurvey, options: RunOptions, device: Device,
     backend: ModuleType, reporter: Reporter, clock: ModelClock | None = None,
-    snapshot: Snapshot | None = None,
+    snapshot: Snapshot | None = None, kept_dir: Path | None = None,
 ) -> ModelOutcome:
     """Run one model through every stage; never raises for a skip or a failed fit.
 
     ``clock`` (optional) receives the per-stage seconds and the stage running now;
     ``snapshot`` is the one the survey was taken in (default: a fresh one).
+    ``kept_dir`` holds results computed earlier but not stored (pending.py): one that
+    matches this run's rows and parameters is stored instead of fitting again, and this
+    run's result is kept there if it cannot be stored.
     """
     clock = clock or ModelClock()
     snapshot = snapshot or Snapshot(engine)
@@ -214,32 +263,142 @@ def cluster_model(
             raise ModelSkipped(reason)
         params, memory = fit_params(options.requested, loaded.n, sel.dim, backend, available)
         log.info("%s: %s", survey.model, memory.reason)
-        clock.run("normalise", lambda: normalise_rows(loaded.vectors))
-        labels = clock.run("cluster", lambda: fit(backend, loaded, params, plan, reporter))
-        medoids = clock.run("medoids", lambda: find_medoids(loaded, labels, reporter))
+        key = pending.result_key(survey.model, sel.factor, sel.rule,
+                                 pending.fingerprint(loaded.ids, loaded.vectors), backend.NAME,
+                                 params.as_dict())
+        note_identical_results(engine, key, options.replace)
+        computed = kept_result(engine, kept_dir, key) or compute(
+            loaded, plan, params, memory, key, device, backend, reporter, clock)
     except ModelSkipped as skip:
         return ModelOutcome(survey.model, "skipped", skip.reason, seconds=seconds)
     except MemoryBudgetError as exc:
         return ModelOutcome(survey.model, "failed", str(exc), seconds=seconds)
     except (MemoryError, RuntimeError, ValueError) as exc:
-        log.exception("%s: clustering failed", survey.model)
-        return ModelOutcome(survey.model, "failed", f"{type(exc).__name__}: {exc}", seconds=seconds)
-    parameters = stored_parameters(plan, params, loaded, labels, device, backend, seconds)
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        log.error("%s: clustering failed: %s", survey.model, reason)
+        log.debug("%s: the failure in detail", survey.model, exc_info=True)
+        return ModelOutcome(survey.model, "failed", reason, seconds=seconds)
+    result_id = clock.run("write", lambda: write_model(engine, computed, options, reporter, kept_dir))
+    labels_out = computed.labels
+    return ModelOutcome(survey.model, "clustered", "", int(labels_out.shape[0]),
+                        int(computed.medoid_rows.shape[0]), int((labels_out == -1).sum()),
+                        result_id, seconds)
+
+
+def compute(loaded: LoadedVectors, plan: ModelPlan, params: P.HdbscanParams, memory, key: dict,
+            device: Device, backend: ModuleType, reporter: Reporter,
+            clock: ModelClock) -> PendingResult:
+    """Normalise, fit, find medoids: the result to store, with its parameters JSON."""
+    clock.run("normalise", lambda: normalise_rows(loaded.vectors))
+    labels = clock.run("cluster", lambda: fit(backend, loaded, params, plan, reporter))
+    medoids = clock.run("medoids", lambda: find_medoids(loaded, labels, reporter))
+    parameters = stored_parameters(plan, params, loaded, labels, device, backend, clock.seconds)
     parameters["memory_plan"] = memory.as_dict()
-    result = ResultToWrite(survey.model, loaded.ids, labels.labels, medoids, parameters)
-    result_id = clock.run("write", lambda: write_model(engine, result, options, reporter))
-    return ModelOutcome(survey.model, "clustered", "", loaded.n, labels.n_clusters,
-                        labels.n_noise, result_id, seconds)
+    parameters["selection_fingerprint"] = key["fingerprint"]
+    return PendingResult(key, loaded.ids, to_host(labels.labels), to_host(labels.probabilities),
+                         medoids, parameters, new_ids.hex())
 
 
-def write_model(engine, result: ResultToWrite, options: RunOptions, reporter) -> str:
-    with reporter.stage(f"{result.model}: write", total=result.ids.shape[0]) as st:
-        return write_result(engine, result, replace=options.replace, stage=st)
+def note_identical_results(engine: sa.Engine, key: dict, replace: bool) -> None:
+    """Log the stored results of the same rows, backend and parameters as this run's."""
+    same = [(rid, created) for rid, created, p in model_result_parameters(engine, key["model"])
+            if p.get("selection_fingerprint") == key["fingerprint"]
+            and p.get("backend") == key["backend"] and p.get("downsample") == key["downsample"]
+            and all(p.get(k) == v for k, v in key["params"].items())]
+    if same:
+        which = ", ".join(f"{rid} ({created:%Y-%m-%d %H:%M})" for rid, created in same)
+        them = "it" if len(same) == 1 else "them"
+        then = (f"--replace deletes {them} when this one is stored" if replace else
+                "this run stores another identical one; --replace keeps only the newest")
+        log.warning("%s: the database already holds %d result(s) of the same rows and "
+                    "parameters: %s; %s", key["model"], len(same), which, then)
+
+
+def kept_result(engine: sa.Engine, kept_dir: Path | None, key: dict) -> PendingResult | None:
+    """A kept result computed for exactly ``key`` (same rows and parameters), if any."""
+    if kept_dir is None:
+        return None
+    for kept in pending.kept_results(kept_dir, key["model"]):
+        if already_stored(engine, kept):
+            continue
+        if kept.key == key:
+            kept.parameters["kept_result"] = {"computed_at": kept.computed_at, "file": str(kept.path)}
+            log.info("%s: storing the result computed at %s and kept in %s (the same rows and "
+                     "parameters); no new fit", key["model"], kept.computed_at, kept.path)
+            return kept
+        differs = ", ".join(k for k in key if kept.key.get(k) != key[k])
+        log.warning("%s: the result kept in %s was computed for other %s; it is left there "
+                    "(gpu-cluster store-pending says whether it can still be stored)",
+                    key["model"], kept.path, differs.replace("fingerprint", "rows"))
+    return None
+
+
+def already_stored(engine: sa.Engine, kept: PendingResult) -> bool:
+    """A kept result whose write did commit (a stop right after the COMMIT): its file
+    is removed, so it is neither stored twice nor left to block a later run."""
+    if not result_exists(engine, kept.result_id):
+        return False
+    pending.discard(kept)
+    log.info("%s: the result kept in %s is already stored as result %s; removed the file",
+             kept.model, kept.path, kept.result_id)
+    return True
+
+
+def write_model(engine, computed: PendingResult, options: RunOptions, reporter,
+                kept_dir: Path | None) -> str:
+    """Store ``computed``; if that fails or is interrupted, keep it in ``kept_dir``."""
+    result = ResultToWrite(computed.model, computed.ids, computed.labels,
+                           computed.medoid_rows, computed.parameters)
+    try:
+        with reporter.stage(f"{result.model}: write", total=result.ids.shape[0]) as st:
+            result_id = write_result(engine, result, replace=options.replace, stage=st,
+                                     result_id=computed.result_id)
+    except (DatabaseError, KeyboardInterrupt) as exc:
+        path = keep(computed, kept_dir)
+        if isinstance(exc, DatabaseError) and path is not None:
+            raise ResultKept(f"{exc}; {kept_text(computed.model, path)}", path) from None
+        raise
+    if replaced := result.parameters.get("replaced_result_ids"):
+        log.info("%s: --replace deleted %d earlier result(s): %s", result.model, len(replaced),
+                 ", ".join(replaced))
+    if computed.path is not None:
+        pending.discard(computed)
+        log.info("%s: removed %s (stored now)", result.model, computed.path)
+    return result_id
+
+
+def keep(computed: PendingResult, kept_dir: Path | None) -> Path | None:
+    """Save a result that could not be stored; log where (or why it could not be)."""
+    computed.parameters.pop("replaced_results", None)  # from a transaction rolled back
+    computed.parameters.pop("replaced_result_ids", None)
+    if computed.path is not None:  # it came from a file, which stays
+        path = computed.path
+    elif kept_dir is None:
+        return None
+    else:
+        try:
+            path = pending.save(kept_dir, computed)
+        except OSError as exc:
+            log.error("%s: the computed result could not be kept either (%s: %s); it is lost",
+                      computed.model, type(exc).__name__, exc)
+            return None
+    log.error("%s: the computed result is not stored; %s", computed.model,
+              kept_text(computed.model, path))
+    return path
+
+
+def kept_text(model: str, path: Path) -> str:
+    return (f"the computed result of {model} is kept in {path}: the same `gpu-cluster cluster` "
+            f"command, or `gpu-cluster store-pending DB`, stores it without computing it again")
 
 
 def read_model(snapshot: Snapshot, plan: ModelPlan, options: RunOptions, device: Device,
                reporter) -> LoadedVectors:
-    sel = plan.selection
+    return read_selection(snapshot, plan.selection, options, device, reporter)
+
+
+def read_selection(snapshot: Snapshot, sel, options: RunOptions, device: Device,
+                   reporter) -> LoadedVectors:
     with reporter.stage(f"{sel.model}: read", total=sel.expected_rows) as st:
         with database_errors(f"reading {sel.model}'s vectors"):
             with snapshot.reading() as conn:  # the survey's rows; released after the read
@@ -317,9 +476,66 @@ def plan_database(
         available = available_memory(dev, RunOptions(memory_budget=memory_budget,
                                                      gpu_memory=gpu_memory))
         with database_errors("surveying the embeddings"), engine.connect() as conn:
-            surveys = survey_embeddings(conn, list(models) or None)
+            surveys = requested_surveys(survey_embeddings(conn, None), models)
         plans = [plan_model(s, downsample, requested, backend, available) for s in surveys.values()]
         return dev, [replace(p, skip_reason=mostly_unusable_reason(p.selection) or p.skip_reason)
                      for p in plans]
     finally:
         engine.dispose()
+
+
+@dataclass
+class KeptOutcome:
+    """What ``store-pending`` did with one kept result: 'stored' or 'left', and why."""
+
+    model: str
+    path: Path
+    status: str
+    detail: str
+
+
+def store_kept_results(db: str, *, replace: bool = False, lock_timeout: float | None = None,
+                       reporter: Reporter | None = None) -> list[KeptOutcome]:
+    """Store every result kept beside ``db`` whose selected rows are unchanged.
+
+    Each kept result's rows are selected and read again (no fit) and their fingerprint
+    compared with the one the result was computed on; a match is stored (and its file
+    removed), anything else is left in place with the reason.
+    """
+    reporter = reporter or Reporter()
+    options = RunOptions(replace=replace, lock_timeout=lock_timeout)
+    target = parse_target(db)
+    kept_dir = pending.pending_dir(target.label, target.sqlite_path)
+    engine = open_database(db, write=True, lock_timeout_s=lock_timeout,
+                           lock_heartbeat_s=max(reporter.heartbeat_s, 1.0))
+    snapshot = Snapshot(engine)  # the survey and every re-read see the same rows
+    try:
+        kept = pending.kept_results(kept_dir)
+        surveys = survey_models(snapshot, (), reporter) if kept else {}
+        return [store_kept(engine, snapshot, k, surveys.get(k.model), options, reporter, kept_dir)
+                for k in kept]
+    finally:
+        snapshot.close()
+        engine.dispose()
+
+
+def store_kept(engine, snapshot: Snapshot, kept: PendingResult, survey: ModelSurvey | None,
+               options: RunOptions, reporter: Reporter, kept_dir: Path) -> KeptOutcome:
+    """Check one kept result against the database and store it if its rows are unchanged."""
+    def left(why: str) -> KeptOutcome:
+        return KeptOutcome(kept.model, kept.path, "left", why)
+
+    if already_stored(engine, kept):
+        return KeptOutcome(kept.model, kept.path, "stored", f"already, as result {kept.result_id}")
+    if survey is None:
+        return left("the database has no embeddings of this model any more")
+    sel = survey.selection(kept.key["downsample"])
+    if sel.rule != kept.key["selection_rule"]:
+        return left(f"the selection rule changed (now: {sel.rule})")
+    loaded = read_selection(snapshot, sel, options, Device("cpu", "checking a kept result"), reporter)
+    if pending.fingerprint(loaded.ids, loaded.vectors) != kept.key["fingerprint"]:
+        return left(f"its {kept.ids.shape[0]:,} rows changed since it was computed (now "
+                    f"{loaded.n:,} rows with another fingerprint); cluster again")
+    kept.parameters["kept_result"] = {"computed_at": kept.computed_at, "file": str(kept.path)}
+    result_id = write_model(engine, kept, options, reporter, kept_dir)
+    return KeptOutcome(kept.model, kept.path, "stored", f"result {result_id}")

@@ -4,7 +4,9 @@ The library reports through a :class:`Reporter`; it never prints. Under ``nohup`
 not a terminal) the base :class:`Reporter` writes timestamped log lines and a heartbeat at a
 fixed interval in every stage — counts, rate and ETA when the stage has a total, elapsed
 time and the planner's estimate when it has none (an HDBSCAN fit). On a terminal the CLI
-uses :class:`RichReporter`, which draws bars and still logs stage starts and ends.
+uses :class:`RichReporter`: one live display for the whole run, holding a bar per running
+stage, with every log line (stage starts and ends included) printed above it; a finished
+stage's bar is removed, its "finished" log line stays.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Stage:
     def __init__(self, name: str, total: int | None, unit: str, estimate_s: float | None):
         self.name, self.total, self.unit, self.estimate_s = name, total, unit, estimate_s
         self.done = 0
+        self.waiting = ""  # set while the stage waits on something that logs for itself
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
@@ -106,7 +109,8 @@ class Reporter:
             self._heartbeat(st)
 
     def _heartbeat(self, st: Stage) -> None:
-        log.info("%s", st.status_line())
+        if not st.waiting:  # a wait (for a lock, say) logs its own heartbeat
+            log.info("%s", st.status_line())
 
     def _open(self, st: Stage) -> None:
         pass
@@ -114,10 +118,19 @@ class Reporter:
     def _close(self, st: Stage) -> None:
         pass
 
+    def close(self) -> None:
+        """End the reporter's display (nothing to do for log lines)."""
+
 
 
 class RichReporter(Reporter):
-    """Draws a rich progress bar per stage on a terminal; heartbeats refresh the bar."""
+    """One live rich display for the whole run: a bar per running stage, log lines above.
+
+    The log's RichHandler must write to the same ``console``: rich then prints each log
+    line above the live display instead of letting the display overwrite it. A stage's
+    bar is removed when the stage ends (its "finished" line is in the log); ``close``
+    takes the empty display down.
+    """
 
     def __init__(self, console, heartbeat_s: float = 0.5):
         super().__init__(heartbeat_s)
@@ -129,23 +142,26 @@ class RichReporter(Reporter):
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True,
         )
         self._tasks: dict[int, int] = {}
+        self._live = False
 
     def _open(self, st: Stage) -> None:
-        if not self._tasks:
+        if not self._live:  # started once, at the first stage, and kept until close()
             self._progress.start()
+            self._live = True
         self._tasks[id(st)] = self._progress.add_task(st.name, total=st.total, rate="")
 
     def _heartbeat(self, st: Stage) -> None:
         rate = st.done / st.elapsed if st.elapsed > 0 and st.total else 0
-        text = f"{rate:,.0f} {st.unit}/s" if st.total else ""
+        text = st.waiting or (f"{rate:,.0f} {st.unit}/s" if st.total else "")
         self._progress.update(self._tasks[id(st)], completed=st.done, rate=text)
 
     def _close(self, st: Stage) -> None:
-        task = self._tasks.pop(id(st))
-        done = st.total or 1  # a stage without a total shows as one finished step
-        self._progress.update(task, completed=done, total=done)
-        if not self._tasks:
+        self._progress.remove_task(self._tasks.pop(id(st)))
+
+    def close(self) -> None:
+        if self._live:
             self._progress.stop()
+            self._live = False

@@ -70,11 +70,16 @@ def clusters_json(result: ResultToWrite, texts: dict[str, str | None]) -> list[d
 
 def delete_model_results(conn: sa.Connection, model: str) -> int:
     """Delete a model's clusteringresult rows and their memberships; returns results deleted."""
+    return len(delete_model_results_listed(conn, model))
+
+
+def delete_model_results_listed(conn: sa.Connection, model: str) -> list[str]:
+    """Delete a model's results with their memberships; returns the deleted ids (hex)."""
     ids = sa.select(clusteringresult.c.id).where(clusteringresult.c.embedding_model == model)
+    deleted = [str(rid).replace("-", "") for rid in conn.execute(ids).scalars()]
     conn.execute(sa.delete(embeddingcluster).where(embeddingcluster.c.clustering_result_id.in_(ids)))
-    return conn.execute(
-        sa.delete(clusteringresult).where(clusteringresult.c.embedding_model == model)
-    ).rowcount
+    conn.execute(sa.delete(clusteringresult).where(clusteringresult.c.embedding_model == model))
+    return deleted
 
 
 def membership_rows(result: ResultToWrite, result_id: str, start: int, stop: int) -> list[dict]:
@@ -86,16 +91,19 @@ def membership_rows(result: ResultToWrite, result_id: str, start: int, stop: int
 
 
 def write_result(
-    engine: sa.Engine, result: ResultToWrite, *, replace: bool = False, stage: Stage | None = None
+    engine: sa.Engine, result: ResultToWrite, *, replace: bool = False, stage: Stage | None = None,
+    result_id: str | None = None,
 ) -> str:
     """Insert ``result`` in one transaction; returns the new clusteringresult id (hex).
 
-    With ``replace``, the model's earlier results are deleted in the same transaction.
-    Raises DatabaseError (nothing of this result written) on a full disk, a lock held
-    past the lock timeout, or any other driver error.
+    With ``replace``, the model's earlier results are deleted in the same transaction
+    (their ids land in ``parameters["replaced_result_ids"]``). ``result_id`` (hex) is
+    the id to use, when the caller chose it already. Raises DatabaseError (nothing of
+    this result written) on a full disk, a lock held past the lock timeout, or any
+    other driver error.
     """
     assert result.labels.min(initial=0) >= NOISE
-    result_id = new_ids.hex()
+    result_id = result_id or new_ids.hex()
     medoid_ids = [result.ids[r].decode() for r in result.medoid_rows]
     doing = f"writing {result.model}'s results"
     with database_errors(doing, "; nothing of them was written (results stored before stay)"):
@@ -110,9 +118,16 @@ def insert_result(
     *, replace: bool, stage: Stage | None,
 ) -> None:
     """The write transaction itself: optional delete, the result row, the memberships."""
-    with write_connection(engine) as conn, conn.begin():
+    purpose = f"to store {result.model}'s result ({result.ids.shape[0]:,} rows)"
+    if stage is not None:
+        stage.waiting = "waiting for the write lock"
+    with write_connection(engine, purpose) as conn, conn.begin():
+        if stage is not None:
+            stage.waiting = ""
         if replace:
-            result.parameters["replaced_results"] = delete_model_results(conn, result.model)
+            replaced = delete_model_results_listed(conn, result.model)
+            result.parameters["replaced_results"] = len(replaced)
+            result.parameters["replaced_result_ids"] = replaced
         conn.execute(
             clusteringresult.insert(),
             {

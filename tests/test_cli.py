@@ -2,7 +2,10 @@
 
 import os
 import re
+import signal
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -119,3 +122,75 @@ def test_demo_db_refuses_existing_path(demo_db):
     assert res.exit_code == 3 and "already exists" in res.output
 
 
+
+
+def test_help_flags_and_untruncated_command_descriptions():
+    short, long_ = run("-h"), run("--help")
+    assert short.exit_code == 0 and short.output == long_.output
+    commands = long_.output.split("Commands:")[1]
+    assert "..." not in commands
+    for name in ("cluster", "delete", "demo-db", "list", "plan", "status", "store-pending"):
+        assert re.search(rf"^  {name} +\S", commands, re.M), commands
+    assert run("cluster", "-h").output == run("cluster", "--help").output
+    demo = run("demo-db", "-h").output
+    for option in ("--text-invocations", "--dim", "--seed"):
+        line = next(line for line in demo.splitlines() if line.strip().startswith(option))
+        assert len(line.split()) > 2, f"{option} has no help text"
+
+
+def test_cpu_fallback_replace_and_identical_results_are_each_said_once(demo_db):
+    first = run("cluster", demo_db, "-d", 10, "--model", "Nomic")  # --device auto
+    assert first.exit_code == 0, first.output
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        assert first.output.count("fell back to the CPU") == 1, first.output
+    rid = re.search(r"result=([0-9a-f]{32})", first.output).group(1)
+    second = run("cluster", demo_db, "-d", 10, "--model", "Nomic")
+    assert (f"Nomic: the database already holds 1 result(s) of the same rows and parameters: "
+            f"{rid} (") in second.output
+    assert "this run stores another identical one; --replace keeps only the newest" in second.output
+    rid2 = re.search(r"result=([0-9a-f]{32})", second.output).group(1)
+    third = run("cluster", demo_db, "-d", 10, "--model", "Nomic", "--replace")
+    assert "--replace deletes them when this one is stored" in third.output
+    assert f"Nomic: --replace deleted 2 earlier result(s): {rid}, {rid2}" in third.output
+    assert raw(demo_db, "SELECT count(*) FROM clusteringresult") == [(1,)]
+    other = run("cluster", demo_db, "-d", 10, "--model", "Nomic", "--epsilon", "0.3")
+    assert "already holds" not in other.output  # other parameters: not identical
+
+
+def test_sigint_is_logged_like_sigterm(demo_db):
+    proc = subprocess.Popen([sys.executable, "-c", "from gpu_cluster.cli import main; main()",
+                             "cluster", str(demo_db), "-d", "2", "--device", "cpu",
+                             "--model", "Nomic", "--heartbeat", "0.3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Nomic: cluster: started" in line:
+            proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    log = "".join(lines)
+    assert "received SIGINT: stopping; the model in progress is stored whole or not at all" in log
+    assert log.endswith("gpu-cluster: interrupted by SIGINT\n")
+
+
+def test_unknown_names_are_errors_with_one_exit_code(demo_db):
+    model = run("delete", demo_db, "--model", "NoSuch", "--yes")
+    result = run("delete", demo_db, "--result", "0" * 32, "--yes")
+    cluster = run("cluster", demo_db, "--model", "NoSuch", "-d", 10)
+    assert model.exit_code == result.exit_code == cluster.exit_code == 3
+    assert model.output == ("gpu-cluster: error: no clustering results of model 'NoSuch' "
+                            "(models with results: none)\n")
+    assert cluster.output.splitlines()[-1] == (
+        "gpu-cluster: error: no embeddings of model 'NoSuch' in this database; its models: "
+        "Dummy (5 embeddings), Nomic (3,000 embeddings), STSBMpnet (3,000 embeddings), "
+        "STSBRoberta (3,000 embeddings)")
+    assert "blob not 4*0 bytes" not in cluster.output
+
+
+def test_demo_db_in_a_missing_folder_is_one_line(tmp_path):
+    res = run("demo-db", tmp_path / "no" / "dir" / "x.sqlite")
+    assert res.exit_code == 2
+    assert res.output == (f"gpu-cluster: error: cannot create {tmp_path}/no/dir/x.sqlite: "
+                          f"folder {tmp_path}/no/dir does not exist\n")

@@ -18,14 +18,16 @@ from helpers import raw
 
 # The real CLI, with each membership chunk slowed down (in this test's child process
 # only) so that a kill can land inside the write transaction: 15 chunks of 100 rows,
-# 30 ms each, per model. A "chunk from row 100" line means rows were already inserted.
+# 60 ms each, per model (the fit itself now takes ~0.05 s here, so the writes are what
+# keeps the run long enough for every kill to land in it). A "chunk from row 100" line
+# means rows were already inserted.
 CHILD = """
 import sys, time
 import gpu_cluster.writer as writer
 writer.WRITE_CHUNK = 100
 real_rows = writer.membership_rows
 def slow_rows(result, result_id, start, stop):
-    time.sleep(0.03)
+    time.sleep(0.06)
     print(f"harness: {result.model} chunk from row {start}", file=sys.stderr, flush=True)
     return real_rows(result, result_id, start, stop)
 writer.membership_rows = slow_rows
@@ -63,7 +65,7 @@ def kill_points() -> list[KillPoint]:
         signum = rng.choice([signal.SIGTERM, signal.SIGINT])
         ignored = signum == signal.SIGINT and rng.random() < 0.5
         points.append(KillPoint(trigger, rng.uniform(low, high), signum, ignored))
-    points += [KillPoint(None, rng.uniform(0.2, 4.0), signal.SIGTERM) for _ in range(2)]
+    points += [KillPoint(None, rng.uniform(0.2, 1.5), signal.SIGTERM) for _ in range(2)]
     return points
 
 

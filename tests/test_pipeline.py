@@ -11,7 +11,7 @@ import pytest
 from sklearn.cluster import HDBSCAN
 from sklearn.metrics import adjusted_rand_score
 
-from gpu_cluster.errors import NoGpuError
+from gpu_cluster.errors import NoGpuError, UnknownName
 from gpu_cluster.pipeline import RunOptions, cluster_database, plan_database
 from gpu_cluster.results import delete_results, latest_results, list_results
 from gpu_cluster.database import open_database
@@ -126,10 +126,13 @@ def test_plan_writes_nothing(demo_db):
         demo_db.with_name(demo_db.name + "-wal").stat().st_size == 0
 
 
-def test_unknown_model_is_skipped_with_reason(demo_db):
-    summary = cluster_database(str(demo_db), RunOptions(downsample=10, device="cpu",
-                                                        models=("NoSuchModel",)))
-    assert [(o.model, o.status) for o in summary.outcomes] == [("NoSuchModel", "skipped")]
+def test_unknown_model_is_an_error_listing_the_models(demo_db):
+    with pytest.raises(UnknownName, match=(
+            r"^no embeddings of model 'NoSuchModel' in this database; its models: Dummy \(5 "
+            r"embeddings\), Nomic \(3,000 embeddings\), STSBMpnet \(3,000 embeddings\), "
+            r"STSBRoberta \(3,000 embeddings\)$")):
+        cluster_database(str(demo_db), RunOptions(downsample=10, device="cpu",
+                                                  models=("Nomic", "NoSuchModel")))
     assert raw(demo_db, "SELECT count(*) FROM clusteringresult") == [(0,)]
 
 

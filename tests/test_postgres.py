@@ -229,7 +229,8 @@ def test_lock_timeout_bounds_row_lock_waits(panic_pg):
         res = run("delete", panic_pg, "--model", UNICODE_MODEL, "--yes", "--lock-timeout", 0.5)
         assert res.exit_code == 2, res.output
         assert res.output == ("gpu-cluster: error: the database stayed locked by another "
-                              "process for 0.5 s; rerun later or raise --lock-timeout\n")
+                              "process for 0.5 s while deleting results; nothing was deleted; "
+                              "rerun later or raise --lock-timeout\n")
         res = run("cluster", panic_pg, "--device", "cpu", "-d", 3, "-m", UNICODE_MODEL,
                   "--replace", "--lock-timeout", 0.5)
         assert res.exit_code != 0

@@ -26,7 +26,7 @@ import gpu_cluster
 from gpu_cluster import database, pipeline, writer
 from gpu_cluster.cli import main
 from gpu_cluster.database import open_database
-from gpu_cluster.errors import DatabaseError, DatabaseLocked, ParameterError
+from gpu_cluster.errors import DatabaseError, DatabaseLocked, ParameterError, ResultKept
 from gpu_cluster.loading import mostly_unusable_reason
 from gpu_cluster.pipeline import RunOptions, cluster_database, plan_database
 from gpu_cluster.progress import Reporter
@@ -37,12 +37,21 @@ from helpers import raw
 FAST = Reporter(heartbeat_s=0.3)  # lock-wait lines every max(0.3, 1) s
 
 
+class AnonymousHolders(io.StringIO):
+    """Log text with the lock holder's PID and command line ("held by PID 4242: python
+    -c ...") replaced by "held by another process", for exact comparisons."""
+
+    def getvalue(self) -> str:
+        return re.sub(r"\(held by PID \d+: .*?\)(?= to store|: \d)", "(held by another process)",
+                      super().getvalue())
+
+
 @pytest.fixture
 def gc_log():
     """The gpu_cluster logger's lines, whatever earlier CLI tests did to its handlers."""
     logger = logging.getLogger("gpu_cluster")
     saved = logger.handlers[:], logger.level, logger.propagate
-    stream = io.StringIO()
+    stream = AnonymousHolders()
     logger.handlers = [logging.StreamHandler(stream)]
     logger.setLevel(logging.INFO)
     yield stream
@@ -201,11 +210,64 @@ def test_write_waits_for_the_lock_with_a_heartbeat_then_writes(demo_db, gc_log):
                                                             device="cpu", lock_timeout=60), FAST)
         watcher.join()
     assert summary.ok and summary.outcomes[0].status == "clustered"
-    assert "waiting for the database write lock (held by another process): 1 s of 60 s" in \
-        gc_log.getvalue()
+    assert ("waiting for the database write lock (held by another process) to store Nomic's "
+            "result (300 rows): 1 s of 60 s (--lock-timeout)") in gc_log.getvalue()
     assert time.monotonic() - start < 30
     assert raw(demo_db, "SELECT embedding_model FROM clusteringresult") == [("Nomic",)]
     assert consistent(demo_db)
+
+
+TIMED_HOLDER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN EXCLUSIVE")
+took = time.monotonic()
+print("locked", flush=True)
+sys.stdin.read()
+conn.execute("ROLLBACK")
+print(f"held {time.monotonic() - took:.2f}", flush=True)
+"""
+
+
+def test_by_default_the_final_write_waits_as_long_as_the_lock_is_held(demo_db, gc_log):
+    """No --lock-timeout: the write waits out a lock held past the old 60 s default's
+    share of this test (released after 4 heartbeat lines), then stores the result."""
+    holder = subprocess.Popen([sys.executable, "-c", TIMED_HOLDER, str(demo_db)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+
+    def release_after_four_beats():
+        deadline = time.monotonic() + 120
+        while gc_log.getvalue().count("waiting for the database write lock") < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        holder.stdin.close()
+
+    watcher = threading.Thread(target=release_after_four_beats, daemon=True)
+    watcher.start()
+    summary = cluster_database(str(demo_db), RunOptions(downsample=10, models=("Nomic",),
+                                                        device="cpu"), FAST)
+    watcher.join()
+    held = float(holder.stdout.readline().split()[1])
+    holder.wait(timeout=30)
+    named = io.StringIO.getvalue(gc_log)
+    assert f"waiting for the database write lock (held by PID {holder.pid}: " in named
+    log = gc_log.getvalue()
+    beats = [line for line in log.splitlines() if "waiting for the database write lock" in line]
+    assert beats[:4] == [f"waiting for the database write lock (held by another process) to "
+                         f"store Nomic's result (300 rows): {s} s so far, no time limit "
+                         f"(--lock-timeout sets one)" for s in (1, 2, 3, 4)]
+    assert log.index(beats[-1]) < log.index("Nomic: write: finished")
+    assert "Nomic: write: 0/300 rows" not in log  # the lock's lines, not an "ETA unknown" one
+    outcome = summary.outcomes[0]
+    assert (outcome.status, outcome.n) == ("clustered", 300)
+    stored = raw(demo_db, "SELECT count(*) FROM embeddingcluster WHERE clustering_result_id = ?",
+                 outcome.result_id)
+    assert stored == [(300,)] and consistent(demo_db)
+    assert not (demo_db.parent / "demo.sqlite.pending").exists()
+    print(f"\nlock held {held:.1f} s by another connection (BEGIN EXCLUSIVE); the write "
+          f"waited {outcome.seconds['write']:.1f} s with {len(beats)} heartbeat lines, then "
+          f"stored result {outcome.result_id}: {outcome.n_clusters} clusters, 300 rows")
 
 
 def test_lock_timeout_is_a_clear_error_and_earlier_models_stay(demo_db, gc_log, monkeypatch):
@@ -226,17 +288,21 @@ def test_lock_timeout_is_a_clear_error_and_earlier_models_stay(demo_db, gc_log, 
     monkeypatch.setattr(pipeline, "write_result", write_then_lock)
     options = RunOptions(downsample=10, models=("Nomic", "STSBMpnet"), device="cpu",
                          lock_timeout=1.5)
+    kept = re.escape(str(demo_db) + ".pending/STSBMpnet-")
     try:
-        with pytest.raises(DatabaseLocked, match=(
+        with pytest.raises(ResultKept, match=(
                 r"^the database stayed locked by another process for 1\.5 s while writing "
                 r"STSBMpnet's results; nothing of them was written \(results stored before "
-                r"stay\); rerun later or raise --lock-timeout$")):
+                r"stay\); rerun later or raise --lock-timeout; the computed result of STSBMpnet "
+                rf"is kept in {kept}[0-9a-f]{{12}}\.npz: the same `gpu-cluster cluster` command, "
+                r"or `gpu-cluster store-pending DB`, stores it without computing it again$")):
             cluster_database(str(demo_db), options, FAST)
     finally:
         holders[0].__exit__(None, None, None)
     assert 1.5 <= waited[0] < 10
     log = gc_log.getvalue()
-    assert "waiting for the database write lock (held by another process): 1 s of 1.5 s" in log
+    assert ("waiting for the database write lock (held by another process) to store "
+            "STSBMpnet's result (300 rows): 1 s of 1.5 s (--lock-timeout)") in log
     assert ("stopped by a database error during STSBMpnet: write; 1 model(s) already stored: "
             "Nomic") in log
     assert raw(demo_db, "SELECT embedding_model FROM clusteringresult") == [("Nomic",)]
@@ -252,14 +318,16 @@ def test_cli_lock_timeout_messages(demo_db):
         res = run("cluster", demo_db, "--model", "Nomic", "-d", 10, "--device", "cpu",
                   "--lock-timeout", 1)
         assert res.exit_code == 2, res.output
-        assert res.output.splitlines()[-1] == (
+        assert res.output.splitlines()[-1].startswith(
             "gpu-cluster: error: the database stayed locked by another process for 1 s while "
             "writing Nomic's results; nothing of them was written (results stored before "
-            "stay); rerun later or raise --lock-timeout")
+            "stay); rerun later or raise --lock-timeout; the computed result of Nomic is kept "
+            f"in {demo_db}.pending/Nomic-")
         res = run("delete", demo_db, "--model", "Nomic", "--yes", "--lock-timeout", 0.5)
         assert res.exit_code == 2
         assert res.output.splitlines()[-1] == ("gpu-cluster: error: the database stayed locked "
-                                               "by another process for 0.5 s; rerun later or "
+                                               "by another process for 0.5 s while deleting "
+                                               "results; nothing was deleted; rerun later or "
                                                "raise --lock-timeout")
     assert raw(demo_db, "SELECT count(*) FROM clusteringresult") == [(0,)]
     res = run("cluster", demo_db, "--lock-timeout", -1)
@@ -288,8 +356,10 @@ def test_sigterm_while_waiting_for_the_lock_stops_at_once(demo_db):
         assert time.monotonic() - sent < 5  # not the 60 s lock timeout
     log = "".join(lines)
     assert "interrupted during Nomic: write; 0 model(s) already stored" in log
+    assert f"the computed result of Nomic is kept in {demo_db}.pending/Nomic-" in log
     assert log.endswith("gpu-cluster: interrupted by SIGTERM\n")
     assert raw(demo_db, "SELECT count(*) FROM clusteringresult") == [(0,)]
+    assert len(list((demo_db.parent / "demo.sqlite.pending").glob("Nomic-*.npz"))) == 1
 
 
 def test_wal_readers_are_not_blocked_by_a_writer(demo_db, gc_log):
@@ -339,8 +409,8 @@ def test_rollback_journal_run_waits_for_readers_lock_and_never_holds_one_while_c
                                                             device="cpu"), FAST)
         watcher.join()
     assert summary.ok and summary.outcomes[0].status == "clustered"
-    assert "waiting for the database read lock (held by another process): 1 s of 60 s" in \
-        gc_log.getvalue()
+    assert ("waiting for the database read lock (held by another process): 1 s so far, no "
+            "time limit (--lock-timeout sets one)") in gc_log.getvalue()
     assert consistent(demo_db)
 
 
@@ -389,7 +459,7 @@ def test_full_disk_rolls_back_that_model_and_the_previous_result_stays_latest(
     with pytest.raises(DatabaseError, match=(
             r"^database or disk is full while writing STSBMpnet's results; nothing of them "
             r"was written \(results stored before stay\); free some space \(or raise the "
-            r"quota\) and rerun$")):
+            r"quota\) and rerun; the computed result of STSBMpnet is kept in .*\.npz: ")):
         cluster_database(str(demo_db), RunOptions(downsample=10, device="cpu",
                                                   models=("Nomic", "STSBMpnet")))
     assert "stopped by a database error during STSBMpnet: write; 1 model(s) already stored: " \
@@ -429,12 +499,13 @@ def test_hostile_model_name_is_data_not_sql(demo_db):
     tables = raw(demo_db, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY 1")
     res = run("cluster", demo_db, "--model", HOSTILE, "--model", 'Nomic" OR 1=1 --', "-d", 10,
               "--device", "cpu")
-    assert res.exit_code == 0, res.output
-    assert f"{HOSTILE}: skipped: no readable embeddings with an invocation" in res.output
-    assert "done: 0 clustered, 2 skipped, 0 failed" in res.output
-    for args in (["list", demo_db, "--model", HOSTILE], ["plan", demo_db, "--model", HOSTILE],
+    assert res.exit_code == 3, res.output
+    assert (f"""no embeddings of model "{HOSTILE}", 'Nomic" OR 1=1 --' in this database; """
+            "its models: Dummy (5 embeddings), Nomic (3,000 embeddings)") in res.output
+    assert run("list", demo_db, "--model", HOSTILE).exit_code == 0  # no results: an empty list
+    for args in (["plan", demo_db, "--model", HOSTILE],
                  ["delete", demo_db, "--model", HOSTILE, "--yes"]):
-        assert run(*args).exit_code == 0
+        assert run(*args).exit_code == 3
     assert run("delete", demo_db, "--result", HOSTILE, "--yes").output == \
         f"gpu-cluster: error: no clustering result with id {HOSTILE}\n"
     assert raw(demo_db, "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY 1") == tables

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -219,7 +220,7 @@ def test_sweep_records_a_step_projected_past_the_budget_instead_of_running_it(
         assert step["status"].endswith(" s > budget 0.5 s")
         assert step["projected"]["cluster"]["seconds"] == pytest.approx(0.8, rel=0.2)
         assert step["seconds"] == {}
-    assert calls == [256, 100, 100]  # the warm-up, then never the skipped n=200
+    assert calls == [256, 256, 100, 100]  # the warm-up (twice), then never the skipped n=200
     rows = [r for r in csv_rows(sweep) if r["factor"] == 10]  # one row per projected stage
     assert len(rows) == 2 * 6 and all(r["status"].startswith("skipped: projected") for r in rows)
     assert all(r["seconds"] is None and r["projected_s"] > 0 for r in rows if r["stage"] == "cluster")
@@ -277,7 +278,14 @@ def test_synthetic_sweep_needs_no_database():
     assert sweep.read_path["status"].startswith("skipped: synthetic")
 
 
-def test_warm_up_fits_once_before_anything_is_timed(tmp_path):
-    calls = CallLog(tmp_path / "calls")
-    seconds = warm_up(slow_fake_backend(calls), Device("cpu", "test"))
-    assert calls == [256] and seconds >= 0.2 * 2.56**2
+def test_warm_up_fits_before_anything_is_timed_here_and_in_a_child(tmp_path):
+    """Once in this process (its imports outlive the fit, so the first timed step's
+    forked child inherits them, like every later one's) and once isolated, as timed
+    steps fit."""
+    calls, pids = CallLog(tmp_path / "calls"), CallLog(tmp_path / "pids")
+    backend = slow_fake_backend(calls)
+    real_fit = backend.fit
+    backend.fit = lambda x, params: pids.append(os.getpid()) or real_fit(x, params)
+    seconds = warm_up(backend, Device("cpu", "test"))
+    assert calls == [256, 256] and seconds >= 2 * 0.2 * 2.56**2
+    assert pids.sizes()[0] == os.getpid() and pids.sizes()[1] != os.getpid()
