@@ -218,9 +218,10 @@ def test_psycopg2_driver(panic_pg):
     assert set(stored_labels(panic_pg, UNICODE_MODEL)) == rule_ids(panic_pg, UNICODE_MODEL, 2)
 
 
-def test_lock_timeout_bounds_row_lock_waits(panic_pg):
+def test_lock_timeout_bounds_row_lock_waits(panic_pg, tmp_path, monkeypatch):
     """Row locks held by another session (as during its own --replace): every wait is
     bounded by --lock-timeout, and what was stored before stays."""
+    monkeypatch.chdir(tmp_path)  # a result kept for a server URL goes to ./gpu-cluster-pending
     assert run("cluster", panic_pg, "--device", "cpu", "-d", 3, "-m", UNICODE_MODEL).exit_code == 0
     with raw_pg(panic_pg) as holder:
         holder.execute("SELECT id FROM clusteringresult WHERE embedding_model = %s FOR UPDATE",
