@@ -43,8 +43,10 @@ def log_path(out: str) -> Path:
 
 
 def test_run_logs_heartbeats_and_exit_status(demo_db, tmp_path):
-    # 0.05 s: the fit of 1,500 rows can end within 0.3 s (its child imports no scikit-learn)
-    res = start(tmp_path, demo_db, "--model", "Nomic", "-d", "2", "--device", "cpu", "--heartbeat", "0.05")
+    # The reference backend: the knn fit of 1,500 rows ends in ~0.05 s, before any heartbeat;
+    # scikit-learn's takes ~1 s (with its import), so heartbeats every 0.05 s must appear.
+    res = start(tmp_path, demo_db, "--model", "Nomic", "-d", "2", "--device", "cpu",
+                "--algorithm", "reference", "--heartbeat", "0.05")
     assert res.returncode == 0, res.stderr
     assert "follow:  tail -f" in res.stdout and "stop:    kill" in res.stdout
     text = wait_finished(tmp_path / log_path(res.stdout))
