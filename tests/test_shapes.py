@@ -134,3 +134,16 @@ def test_short_neighbour_lists_are_searched_exactly():
     assert knn.complete_short_lists(xd, cut_idx, cut_dist) == 10
     np.testing.assert_array_equal(cut_idx, idx)
     np.testing.assert_allclose(cut_dist, dist)
+
+
+def test_a_tiny_budget_still_joins_everything_and_certifies_the_gap(knn_path, monkeypatch):
+    """With budgets far too small for the groups, every component is still joined (the
+    facing rows of the nearest candidate are searched) and the gap is recorded."""
+    monkeypatch.setattr(component_joins, "EXIT_BUDGET_PAIRS", 500)
+    monkeypatch.setattr(component_joins, "BRIDGE_BUDGET_PAIRS", 500)
+    monkeypatch.setattr(component_joins, "BRIDGE_MIN_EXIT_PAIRS", 500)
+    x, truth = shapes.far_apart(n=3000, dim=128)
+    got = knn_graph.fit(x, default_params(len(x)))
+    assert got.details["joins"]["exits_within_gap"] >= 1
+    assert 0 < got.details["joins"]["max_relative_gap"] < 1
+    assert adjusted_rand_score(truth, got.labels) == 1.0

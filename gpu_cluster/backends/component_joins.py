@@ -39,11 +39,14 @@ FACING_ROWS = 64  # rows per side searched first, for an initial bound
 # at 768-d, ~0.3 s here): reached only when all candidate pairs are about equally far.
 EXIT_BUDGET_PAIRS = 20_000_000
 FRAGMENT_RATIO = 1.5  # an edge of even density weighs at most this times its ends' smaller core distance
-MAX_FRAGMENTS = 2000  # the largest dense fragments bridged
+MAX_FRAGMENTS = 1000  # the largest dense fragments bridged
+BRIDGE_BUDGET_PAIRS = 2_000_000_000  # row pairs for all bridges (~3e12 flops at 768-d) ...
+BRIDGE_MIN_EXIT_PAIRS = 1_000_000  # ... but at least this many per fragment
 GATHER_MAX_ROWS = 65_536  # query rows gathered once per search (~200 MB at 768-d)
 FIRST_CHUNK = 8  # outside components searched in the first batch (doubling after)
 FULL_PASS_MAX_ROWS = 4096  # components up to this size may be searched in one pass ...
 LARGE_FRACTION = 0.25  # ... against a component holding at least this share of the rows
+PREFETCH_BUDGET_PAIRS = 2_000_000_000  # row pairs of that one pass, at most
 
 
 class Exit:
@@ -103,7 +106,8 @@ def bridge_dense_fragments(x, graph, core, min_size: int):
         relabel[big] = np.arange(big.size)
         pairs = PairSearch(x, core, relabel[frag], big.size, details)
         owner = np.arange(big.size)
-        exits = [lightest_exit(pairs, owner, s) for s in range(big.size)]
+        budget = max(BRIDGE_MIN_EXIT_PAIRS, min(EXIT_BUDGET_PAIRS, BRIDGE_BUDGET_PAIRS // big.size))
+        exits = [lightest_exit(pairs, owner, s, budget) for s in range(big.size)]
         graph = with_edges(graph, [refine(x, core, e) for e in exits if e.i >= 0])
     details["seconds"] = round(time.perf_counter() - start, 3)
     return graph, details
@@ -148,30 +152,36 @@ def boruvka(pairs: "PairSearch", n_comp: int, details: dict) -> list:
     return exits
 
 
-def lightest_exit(pairs: "PairSearch", owner: np.ndarray, s: int) -> Exit:
+def lightest_exit(pairs: "PairSearch", owner: np.ndarray, s: int,
+                  budget_pairs: int | None = None) -> Exit:
     """The lightest edge from super-component s to any other, exact within a budget.
 
-    The pair with the smallest lower bound is searched first; then the rows of s against
-    the rows of every outside component whose bound is below the best edge, nearest bound
-    first, in one blocked search. Where every pair is about as far as every other, bounds
-    cannot stop the search early: after ``EXIT_BUDGET_PAIRS`` row pairs it stops, and the
-    edge is then certified within the gap between its weight and the smallest bound not
-    searched (the largest relative gap is kept in the details).
+    Pairs searched before (cached) are offered first. Then the rows of s are searched
+    against the rows of the outside components whose bound is below the best edge,
+    nearest bound first, in batches of doubling size. Where every pair is about as far as
+    every other, bounds cannot stop the search early: after ``budget_pairs`` row pairs
+    (default ``EXIT_BUDGET_PAIRS``) it
+    stops, and the edge is then certified within the gap between its weight and the
+    smallest bound not searched (the largest relative gap is kept in the details). If
+    even the nearest candidate is too large for the budget, the rows of both that face
+    each other (by projection on the line between the centroids) are searched.
     """
+    budget_pairs = EXIT_BUDGET_PAIRS if budget_pairs is None else budget_pairs
     inside = np.flatnonzero(owner == s)
     cols = np.flatnonzero(owner != s)
-    lower = pairs.lower[np.ix_(inside, cols)]
-    best = Exit()
-    first = np.unravel_index(np.argmin(lower), lower.shape)
-    pairs.search(inside[first[0]], [cols[first[1]]], best)
-    bound = lower.min(axis=0)
+    bound = pairs.lower[np.ix_(inside, cols)].min(axis=0)
     order = np.argsort(bound, kind="stable")
-    order = order[bound[order] < best.w]
+    best = Exit()
+    for a in inside:
+        for key in pairs.cached_from(a):
+            if owner[key[0]] != owner[key[1]]:
+                e = pairs.cache[key]
+                best.offer(e.i, e.j, e.w)
     rows_in = np.concatenate([pairs.groups[a] for a in inside])
     rows_in = rows_in[pairs.core[rows_in] < best.w]
-    budget = EXIT_BUDGET_PAIRS // max(rows_in.size, 1)  # outside rows we may search
+    budget = budget_pairs // max(rows_in.size, 1)  # outside rows we may search
     start, chunk = 0, FIRST_CHUNK
-    while start < order.size and budget > 0:
+    while start < order.size:
         batch = order[start:start + chunk]
         batch = batch[bound[batch] < best.w]
         if batch.size == 0:
@@ -184,6 +194,8 @@ def lightest_exit(pairs: "PairSearch", owner: np.ndarray, s: int) -> Exit:
         pairs.details["pair_searches"] += int(batch.size)
         budget -= rows_out.size
         start, chunk = start + batch.size, chunk * 2
+    if best.i < 0:  # the nearest candidate alone is over the budget
+        facing_search(pairs, rows_in, cols[order[0]], budget_pairs, best)
     rest = order[start:]
     rest = rest[bound[rest] < best.w]
     if rest.size:
@@ -191,6 +203,22 @@ def lightest_exit(pairs: "PairSearch", owner: np.ndarray, s: int) -> Exit:
         pairs.details["max_relative_gap"] = round(max(pairs.details.get("max_relative_gap", 0.0), gap), 6)
         pairs.details["exits_within_gap"] = pairs.details.get("exits_within_gap", 0) + 1
     return best
+
+
+def facing_search(pairs: "PairSearch", rows_in: np.ndarray, b: int, budget_pairs: int,
+                  best: Exit) -> None:
+    """Search the ~sqrt(budget) rows of each side nearest the other side along the line
+    between their centroids (an upper bound on the lightest edge between them)."""
+    rows_b = pairs.groups[b]
+    c_in = sum(pairs.x[rows_in[s:s + COLUMN_BLOCK]].sum(axis=0, dtype=np.float64)
+               for s in range(0, rows_in.size, COLUMN_BLOCK)) / rows_in.size
+    u = pairs.cent[b] - c_in
+    u /= max(np.linalg.norm(u), 1e-30)
+    side = max(1, int(np.sqrt(budget_pairs)))
+    near_in = rows_in[np.argsort(-project(pairs.x, rows_in, u), kind="stable")[:side]]
+    near_b = rows_b[np.argsort(project(pairs.x, rows_b, u), kind="stable")[:side]]
+    brute_search(pairs.x, pairs.core, near_in, near_b, best)
+    pairs.details["pair_searches"] += 1
 
 
 class PairSearch:
@@ -208,7 +236,18 @@ class PairSearch:
         self.cent, radius, kappa = summaries(x, self.groups, core)
         self.lower = pair_lower_bounds(x, self.groups, self.cent, radius, kappa)
         self.cache: dict[tuple[int, int], Exit] = {}
+        self.by_component: dict[int, list] = {}
         self.prefetch_largest()
+
+    def cached_from(self, a: int) -> list:
+        """Keys of the cached pairs that involve component a."""
+        return self.by_component.get(int(a), [])
+
+    def remember(self, a: int, b: int, e: Exit) -> None:
+        key = (min(a, b), max(a, b))
+        self.cache[key] = e
+        self.by_component.setdefault(int(a), []).append(key)
+        self.by_component.setdefault(int(b), []).append(key)
 
     def search(self, a: int, bs, best: Exit) -> int:
         """Offer to ``best`` the lightest edge between component a and each of ``bs``.
@@ -223,12 +262,12 @@ class PairSearch:
                 e = Exit()
                 pair_search(self.x, self.core, self.groups[a], self.groups[b],
                             self.cent[a], self.cent[b], e)
-                self.cache[(min(a, b), max(a, b))] = e
+                self.remember(a, b, e)
                 spent += int(self.sizes[a] * self.sizes[b])
         elif todo:
             rows_b = [self.groups[b] for b in todo]
             for b, e in zip(todo, segment_minima(self.x, self.core, self.groups[a], rows_b)):
-                self.cache[(min(a, b), max(a, b))] = e
+                self.remember(a, b, e)
             spent = int(self.sizes[a] * self.sizes[todo].sum())
         self.details["pair_searches"] += len(todo)
         for b in bs:
@@ -252,9 +291,13 @@ class PairSearch:
             row[big] = np.inf
             b = int(np.argmin(row))
             best = Exit()
-            self.search(a, [b], best)
+            if np.isfinite(row[b]) and self.sizes[a] * self.sizes[b] <= EXIT_BUDGET_PAIRS:
+                self.search(a, [b], best)
             if self.lower[a, big] < best.w:
                 need.append(a)
+        need = sorted(need, key=lambda a: self.sizes[a])  # the smallest first, within budget
+        rows = np.cumsum([self.sizes[a] for a in need])
+        need = [a for a, r in zip(need, rows) if r * self.comp.size <= PREFETCH_BUDGET_PAIRS]
         if not need:
             return
         queries = np.concatenate([self.groups[a] for a in need])
@@ -266,7 +309,7 @@ class PairSearch:
             e = Exit()
             k = start + int(np.argmin(w[start:stop]))
             e.offer(queries[k], j[k], w[k])
-            self.cache[(min(a, big), max(a, big))] = e
+            self.remember(a, big, e)
             start = stop
 
 
