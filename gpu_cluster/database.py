@@ -24,6 +24,7 @@ import math
 import os
 import re
 import sqlite3
+import threading
 import time
 import weakref
 from contextlib import contextmanager
@@ -218,7 +219,83 @@ def _postgres_engine(target: Target, wait: LockWait) -> sa.Engine:
         if getattr(context.original_exception, "sqlstate", None) == PG_LOCK_NOT_AVAILABLE:
             raise DatabaseLocked(wait.timeout_s) from context.original_exception
 
+    watch_lock_waits(engine, wait)
     return engine
+
+
+def watch_lock_waits(engine: sa.Engine, wait: LockWait) -> None:
+    """Heartbeat lines while a statement on ``engine`` waits for a PostgreSQL lock.
+
+    The server waits for a lock by itself (up to ``lock_timeout``, or for ever), so the
+    client would be silent. While a statement runs longer than ``wait.heartbeat_s``, a
+    timer asks the server (``pg_blocking_pids``, on another pooled connection) whether
+    that backend waits for a lock and, if so, logs who holds it and for how long.
+    """
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _start(conn, cursor, statement, parameters, context, executemany) -> None:
+        pid = _backend_pid(conn.connection.dbapi_connection)
+        if pid is not None:
+            purpose = context.execution_options.get("lock_purpose", "")
+            conn.info["lock_watch"] = _LockWatch(engine, wait, pid, purpose).start()
+
+    @sa.event.listens_for(engine, "after_cursor_execute")
+    def _stop(conn, cursor, statement, parameters, context, executemany) -> None:
+        if (watch := conn.info.pop("lock_watch", None)) is not None:
+            watch.stop()
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _stop_on_error(context) -> None:
+        if context.connection is not None:
+            if (watch := context.connection.info.pop("lock_watch", None)) is not None:
+                watch.stop()
+
+
+def _backend_pid(dbapi_conn) -> int | None:
+    info = getattr(dbapi_conn, "info", None)  # psycopg 3
+    if info is not None and hasattr(info, "backend_pid"):
+        return info.backend_pid
+    getter = getattr(dbapi_conn, "get_backend_pid", None)  # psycopg2
+    return getter() if getter else None
+
+
+class _LockWatch:
+    """One statement's lock-wait heartbeat (see watch_lock_waits)."""
+
+    def __init__(self, engine: sa.Engine, wait: LockWait, pid: int, purpose: str):
+        self.engine, self.wait, self.pid, self.purpose = engine, wait, pid, purpose
+        self.started = time.monotonic()
+        self.timer: threading.Timer | None = None
+        self.stopped = threading.Event()
+
+    def start(self) -> "_LockWatch":
+        self._arm()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def _arm(self) -> None:
+        self.timer = threading.Timer(self.wait.heartbeat_s, self._beat)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _beat(self) -> None:
+        if self.stopped.is_set():
+            return
+        try:
+            with self.engine.connect() as conn:
+                blockers = conn.execute(sa.select(sa.func.pg_blocking_pids(self.pid))).scalar()
+        except Exception:  # a heartbeat never breaks the statement it watches
+            blockers = None
+        if blockers and not self.stopped.is_set():
+            waited = time.monotonic() - self.started
+            log.warning("waiting for a database lock (held by PID %s)%s: %s",
+                        ", ".join(map(str, blockers)),
+                        f" {self.purpose}" if self.purpose else "", self.wait.limit_text(waited))
+        if not self.stopped.is_set():
+            self._arm()
 
 
 def open_database(

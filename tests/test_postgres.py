@@ -348,3 +348,28 @@ def test_run_clusters_the_survey_snapshot_while_panic_tda_writes(backend):
     assert params["skipped_rows"] == {"wrong_length": 0, "null_vector": 0, "zero_vector": 50}
     labels = stored_labels(db, SNAPSHOT_MODEL) if postgres else sqlite_labels(db, SNAPSHOT_MODEL)
     assert set(labels) == before
+
+
+def test_an_unbounded_lock_wait_says_who_holds_the_lock(panic_pg, tmp_path, monkeypatch):
+    """Without --lock-timeout the write waits as long as it takes; on PostgreSQL the
+    server does the waiting, and heartbeat lines still say who holds the lock."""
+    monkeypatch.chdir(tmp_path)
+    assert run("cluster", panic_pg, "--device", "cpu", "-d", 3, "-m", UNICODE_MODEL).exit_code == 0
+    released = threading.Event()
+    with raw_pg(panic_pg) as holder:
+        holder.execute("SELECT id FROM clusteringresult WHERE embedding_model = %s FOR UPDATE",
+                       (UNICODE_MODEL,))
+        holder_pid = holder.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+        def release_later():
+            time.sleep(2.5)
+            holder.rollback()
+            released.set()
+
+        threading.Thread(target=release_later, daemon=True).start()
+        res = run("cluster", panic_pg, "--device", "cpu", "-d", 3, "-m", UNICODE_MODEL,
+                  "--replace", "--heartbeat", "0.5")
+    assert released.is_set() and res.exit_code == 0, res.output
+    assert f"waiting for a database lock (held by PID {holder_pid})" in res.output
+    assert "no time limit" in res.output
+    assert pg_rows(panic_pg, "SELECT count(*) FROM clusteringresult") == [(1,)]
