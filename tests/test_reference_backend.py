@@ -103,3 +103,20 @@ def test_too_few_reason():
 def test_parameter_constraints(kwargs, message):
     with pytest.raises(ParameterError, match=message):
         RequestedParams(**kwargs)
+
+
+@pytest.mark.parametrize("version", ["1.2.2", None])
+def test_an_old_or_missing_scikit_learn_is_refused_before_any_work(monkeypatch, version):
+    from importlib import metadata
+
+    from gpu_cluster.errors import EnvironmentProblem
+    from gpu_cluster.params import RequestedParams
+
+    def fake_version(name):
+        if version is None:
+            raise metadata.PackageNotFoundError(name)
+        return version
+
+    monkeypatch.setattr(metadata, "version", fake_version)
+    with pytest.raises(EnvironmentProblem, match=r"needs scikit-learn >= 1\.3 \(its HDBSCAN\); found "):
+        reference.check_requested(RequestedParams())

@@ -28,8 +28,25 @@ def check_numpy_compatible(params: HdbscanParams) -> None:
 
 
 def check_requested(requested: RequestedParams) -> None:
-    """The same refusal, before any work (``pipeline.check_explicit_params``)."""
+    """The library checks, before any work (``pipeline.check_explicit_params``): a
+    scikit-learn with the public HDBSCAN (>= 1.3), and not NumPy >= 2.4 with epsilon > 0."""
+    refuse_old_scikit_learn()
     refuse_numpy_24(requested.epsilon)
+
+
+def refuse_old_scikit_learn() -> None:
+    from importlib import metadata
+
+    try:
+        version = metadata.version("scikit-learn")
+    except metadata.PackageNotFoundError:
+        version = None
+    parts = tuple(int(p) for p in (version or "0.0").split(".")[:2] if p.isdigit())
+    if version is None or parts < (1, 3):
+        found = f"scikit-learn {version}" if version else "no scikit-learn"
+        raise EnvironmentProblem(
+            f"the reference backend needs scikit-learn >= 1.3 (its HDBSCAN); found {found}: "
+            "pip install 'scikit-learn>=1.3', or use --algorithm knn")
 
 
 def refuse_numpy_24(epsilon: float) -> None:
