@@ -1,24 +1,29 @@
-"""Join the components of a k-NN graph with their exact lightest exit edges (Borůvka).
+"""Exact lightest edges between parts of a k-NN graph: component joins and bridges.
 
 A k-NN graph over well-separated groups falls apart into components. The spanning tree
 needs, for each component, its lightest mutual-reachability edge to any other component;
 the weight of that edge decides where groups merge in the HDBSCAN tree. Here it is found
-exactly, never sampled, and never taken from a filtered ANN search (which returns nothing
-when the excluded component is large and far away):
+exactly (or certified within a stated gap), never sampled, and never taken from a
+filtered ANN search (which returns nothing when the excluded component is large and far
+away). The same search bridges dense fragments that the k-NN graph links only through
+sparse points (``bridge_dense_fragments``).
 
-* Component summaries bound every candidate pair from below: for components A and B with
-  centroids c, radii r (largest member distance from the centroid) and smallest core
-  distances κ, every edge between them weighs at least
-  ``max(|c_A - c_B| - r_A - r_B, κ_A, κ_B)``. Candidates are visited in order of that
-  bound and the search stops once the bound reaches the best edge found.
-* A pair of components is searched by blocked float32 GEMM. For large pairs, rows are
-  first projected on the line between the centroids: a projection never lengthens a
-  distance, so rows too far back on their side cannot beat the best edge and are dropped.
-* Small components whose bound cannot rule out the largest component are searched against
-  every row at once (one masked pass over contiguous rows, RAFT's cross-component 1-NN
-  idea), which is exact and avoids gathering the largest component's rows per query.
+* Lower bounds: for components A and B, with centroids c, radii r (largest member
+  distance from the centroid) and smallest core distances κ, every edge weighs at least
+  ``max(min_{a∈A} |a - c_B| - r_B, min_{b∈B} |b - c_A| - r_A, κ_A, κ_B)``. Candidates
+  are visited in order of that bound, in batches of doubling size, and the search stops
+  once the bound reaches the best edge found: the edge is then exact.
+* Rows are searched by blocked float32 GEMM. Large pairs are first pruned by projecting
+  rows on the line between the centroids: a projection never lengthens a distance.
+* A budget of row pairs per exit (and for all bridges) bounds the cost where bounds
+  cannot help (all candidates about equally far, as groups ~1.4 apart in 768-d are): the
+  edge is then certified within the relative gap between its weight and the smallest
+  bound not searched, which the details record (``max_relative_gap``).
+* Small components whose bound cannot rule out a very large component are searched
+  against every row at once (one masked pass over contiguous rows, RAFT's cross-component
+  1-NN idea), which avoids gathering the large component's rows per query.
 
-Distances come from float32 cosines (error ~1e-7 in d²); the winning edge's distance is
+Distances come from float32 cosines (error ~1e-7 in d²); every edge kept has its distance
 recomputed in float64 from the vectors.
 """
 
