@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from gpu_cluster import isolation
 from gpu_cluster import params as P
-from gpu_cluster.backends import Labels
+from gpu_cluster.labels import Labels
 from gpu_cluster.device import Device, to_host
 from gpu_cluster.loading import LoadedVectors, load_vectors, normalise_rows
 from gpu_cluster.medoids import medoid_indices

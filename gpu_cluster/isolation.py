@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from types import ModuleType
 
 from . import errors
-from .backends import Labels
+from .labels import Labels
 from .errors import GpuClusterError
 from .params import HdbscanParams
 
@@ -61,10 +61,9 @@ def fit_in_thread(backend: ModuleType, x, params: HdbscanParams) -> Labels:
 def _child(backend: ModuleType, x, params: HdbscanParams, conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # the parent decides about interrupts
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if "faiss" in sys.modules:  # the parent ran faiss: its OpenMP pool is gone here
-        from . import knn
-
-        knn.limit_threads_after_fork()
+    after_fork = getattr(backend, "after_fork", None)  # the backend's own repairs (faiss)
+    if after_fork is not None:
+        after_fork()
     try:
         labels = backend.fit(x, params)
         conn.send(("ok", (labels.labels, labels.probabilities, labels.details)))

@@ -26,7 +26,8 @@ import sqlalchemy as sa
 from . import __version__
 from . import isolation
 from . import params as P
-from .backends import Labels, load_backend
+from .backends import load_backend
+from .labels import Labels
 from .budget import MemoryBudgetError, default_host_budget
 from . import pending
 from .database import DEFAULT_LOCK_TIMEOUT_S, Snapshot, database_errors, open_database, parse_target
@@ -222,7 +223,7 @@ def log_outcome(o: ModelOutcome) -> None:
 def available_memory(device: Device, options: RunOptions) -> int:
     """Bytes a fit may plan with: free GPU memory, or the host budget."""
     if device.kind == "gpu":
-        from .gpu_memory import free_device_memory
+        from .backends.cuml_memory import free_device_memory
 
         return options.gpu_memory or free_device_memory()
     return options.memory_budget or default_host_budget()

@@ -17,6 +17,8 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+from .signals import held, start_quiet
+
 log = logging.getLogger("gpu_cluster")
 
 DEFAULT_HEARTBEAT_S = 10.0
@@ -93,8 +95,7 @@ class Reporter:
         size = f" ({total:,} {unit})" if total else ""
         log.info("%s: started%s", name, size)
         stop = threading.Event()
-        beat = threading.Thread(target=self._beat, args=(st, stop), daemon=True)
-        beat.start()
+        beat = start_quiet(threading.Thread(target=self._beat, args=(st, stop), daemon=True))
         self._open(st)
         try:
             yield st
@@ -149,7 +150,8 @@ class RichReporter(Reporter):
 
     def _open(self, st: Stage) -> None:
         if not self._live:  # started once, at the first stage, and kept until close()
-            self._progress.start()
+            with held():  # its refresh thread inherits the blocked stop signals
+                self._progress.start()
             self._live = True
         self._tasks[id(st)] = self._progress.add_task(st.name, total=st.total, rate="")
 

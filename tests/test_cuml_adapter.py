@@ -20,7 +20,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from gpu_cluster.backends import cuml_gpu, reference
 from gpu_cluster.errors import ParameterError
-from gpu_cluster.gpu_memory import peak_bytes
+from gpu_cluster.backends.cuml_memory import peak_bytes
 from gpu_cluster.params import HdbscanParams
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from gpu_cluster.errors import ParameterError
-from gpu_cluster.gpu_memory import (
+from gpu_cluster.backends.cuml_memory import (
     GIB,
     GpuMemoryError,
     index_limit,
@@ -110,7 +110,7 @@ def test_parse_bytes_refuses_garbage(text):
 
 
 def test_gpu_modules_import_without_cupy_or_cuml():
-    code = ("import sys, gpu_cluster.gpu_memory, gpu_cluster.staging, "
+    code = ("import sys, gpu_cluster.backends.cuml_memory, gpu_cluster.staging, "
             "gpu_cluster.backends.cuml_gpu; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('cupy', 'cuml')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

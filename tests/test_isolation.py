@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gpu_cluster import isolation
-from gpu_cluster.backends import Labels
+from gpu_cluster.labels import Labels
 from gpu_cluster.params import HdbscanParams
 from gpu_cluster.progress import Reporter
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from gpu_cluster import knn
+from gpu_cluster.backends import knn_search as knn
 from gpu_cluster.backends import dense_mst, knn_graph, reference
 from gpu_cluster.budget import GIB, MemoryBudgetError
 from gpu_cluster.params import HdbscanParams, RequestedParams, resolve

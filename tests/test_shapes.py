@@ -13,7 +13,7 @@ from scipy.sparse import csgraph
 from sklearn.metrics import adjusted_rand_score
 
 from benchmarks import shapes
-from gpu_cluster import knn
+from gpu_cluster.backends import knn_search as knn
 from gpu_cluster.backends import component_joins, dense_mst, knn_graph, reference
 from gpu_cluster.params import RequestedParams, resolve
 

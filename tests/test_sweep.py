@@ -26,7 +26,8 @@ from benchmarks.projection import Projector, budget_verdict, fit_power_law  # no
 from benchmarks.report import CSV_COLUMNS, csv_rows, write_outputs  # noqa: E402
 from benchmarks.runner import SweepConfig, run_sweep  # noqa: E402
 from benchmarks.synthetic import synthetic_embeddings  # noqa: E402
-from gpu_cluster.backends import MODULES, Labels  # noqa: E402
+from gpu_cluster.backends import MODULES  # noqa: E402
+from gpu_cluster.labels import Labels  # noqa: E402
 from gpu_cluster.budget import plan_linear  # noqa: E402
 from helpers import make_copyable_demo  # noqa: E402
 from gpu_cluster.demo import DemoSpec  # noqa: E402

@@ -14,14 +14,10 @@ touches cuML.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from types import ModuleType
-
-import numpy as np
 
 from ..errors import ParameterError
 
-NOISE = -1
 
 # algorithm name -> module, per device.
 MODULES = {
@@ -30,27 +26,6 @@ MODULES = {
     ("gpu", "cuml"): "gpu_cluster.backends.cuml_gpu",
 }
 DEFAULT_ALGORITHM = {"cpu": "knn", "gpu": "cuml"}
-
-
-@dataclass
-class Labels:
-    """HDBSCAN output for n points.
-
-    labels: (n,) int64, cluster ids 0..k-1, ``NOISE`` (-1) for outliers.
-    probabilities: (n,) float64 membership strengths in [0, 1] (0 for noise).
-    """
-
-    labels: np.ndarray
-    probabilities: np.ndarray
-    details: dict
-
-    @property
-    def n_clusters(self) -> int:
-        return int(self.labels.max()) + 1 if self.labels.size else 0
-
-    @property
-    def n_noise(self) -> int:
-        return int((self.labels == NOISE).sum())
 
 
 def load_backend(device: str, algorithm: str | None = None) -> ModuleType:

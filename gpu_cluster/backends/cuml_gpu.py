@@ -12,16 +12,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ParameterError
-from ..gpu_memory import CUML_MIN_SAMPLES_MAX, peak_bytes, plan_min_samples
+from .cuml_memory import CUML_MIN_SAMPLES_MAX, peak_bytes, plan_min_samples
 from ..params import HdbscanParams
 from ..progress import format_bytes
-from . import Labels
+from ..labels import Labels
 
 NAME = "cuml"
 DEVICE = "gpu"
 
 # Up to this many rows the kNN graph is built by brute force: exact, so the labels
-# match the CPU reference (the parity test), and the build gpu_memory's formula was
+# match the CPU reference (the parity test), and the build cuml_memory's formula was
 # measured for, which covers this project's largest model (~1.1M rows). Its cost is
 # 2*n^2*d flops: ~1.9e15 at n = 1.1M, d = 768, minutes at ~10 TFLOP/s sustained
 # (estimated, not measured here), but quadratic: 4x that at 2.2M and growing. Past the
@@ -160,5 +160,5 @@ def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
 
 
 def plan_params(params: HdbscanParams, n: int, dim: int, *, available: int, explicit: bool):
-    """min_samples within free GPU memory and cuML's limits (see gpu_cluster.gpu_memory)."""
+    """min_samples within free GPU memory and cuML's limits (see backends/cuml_memory.py)."""
     return plan_min_samples(n, dim, params.min_samples, available, explicit=explicit)

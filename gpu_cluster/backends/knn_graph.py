@@ -5,8 +5,10 @@ Steps, for (n, d) unit rows ``x``:
 1. group identical rows; work on the m distinct vectors, each with its multiplicity;
 2. up to ``dense_mst.DENSE_MAX_ROWS`` distinct rows: the exact mutual-reachability MST
    (Prim on the dense distance matrix), then step 6; above:
-3. k nearest distinct neighbours (exact below ``knn.EXACT_MAX_ROWS`` rows, faiss HNSW
-   above; rows whose list comes back short are searched exactly); core distance of a distinct vector: the distance at which its neighbourhood —
+3. k nearest distinct neighbours (``knn_search``: exact blocked NumPy GEMM up to
+   ``EXACT_MAX_ROWS`` rows, faiss HNSW above; rows whose list comes back short are
+   searched exactly); core distance of a distinct vector: the distance at which its
+   neighbourhood —
    itself and its copies first, then its neighbours with theirs — holds ``min_samples``
    points (scikit-learn's convention: the point counts itself);
 4. mutual reachability ``max(core_i, core_j, d_ij)`` on the symmetrised kNN graph;
@@ -28,14 +30,16 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse import csgraph
 
-from .. import knn
+from . import knn_search as knn
 from ..budget import plan_linear
 from ..params import HdbscanParams
-from . import Labels, component_joins, dense_mst
+from ..labels import Labels
+from . import component_joins, dense_mst
 from .hdbscan_tree import hdbscan_labels
 
 NAME = "knn"
 DEVICE = "cpu"
+after_fork = knn.after_fork  # the fit child's hook (isolation.py): faiss's OpenMP pool
 
 MIN_GRAPH_K = 32  # neighbours per distinct point, at least (ARI 0.971 at 16, 0.985 at 32 = exact MST, on MiniLM vectors)
 EDGE_FLOOR = 1e-12  # scipy's MST treats a stored 0 as "no edge"; distinct points are > 0 apart

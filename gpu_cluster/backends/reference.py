@@ -10,7 +10,7 @@ import numpy as np
 from ..budget import plan_linear
 from ..errors import EnvironmentProblem
 from ..params import HdbscanParams, RequestedParams
-from . import Labels
+from ..labels import Labels
 
 NAME = "reference"
 DEVICE = "cpu"

@@ -21,8 +21,8 @@ point itself), like :class:`gpu_cluster.params.HdbscanParams`.
 
 from __future__ import annotations
 
-from .budget import GIB, MemoryBudgetError, MemoryPlan, choose_min_samples, gib, parse_bytes  # noqa: F401
-from .errors import ParameterError
+from ..budget import GIB, MemoryBudgetError, MemoryPlan, choose_min_samples, gib, parse_bytes  # noqa: F401
+from ..errors import ParameterError
 
 BYTES_PER_FLOAT32 = 4
 # Device bytes per point per kNN neighbour slot (kNN indices and distances, the
