@@ -35,15 +35,6 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{sec:02d}s"
 
 
-def format_bytes(n: float) -> str:
-    """'512 B' / '3.4 MiB' / '12.0 GiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
 class Stage:
     """A running stage: call :meth:`advance` as work completes."""
 

@@ -89,7 +89,7 @@ def test_explicit_value_that_fits_is_kept():
 
 @pytest.mark.parametrize("value", [1, 1025, 5000])
 def test_explicit_value_outside_cumls_range_is_a_parameter_error(value):
-    with pytest.raises(ParameterError, match=rf"--min-samples {value}: on the GPU it must be "
+    with pytest.raises(ParameterError, match=rf"min_samples={value} cannot run on the GPU: it must be "
                        r"from 2 to 1024 \(cuML's 1\.\.1023"):
         plan_min_samples(1000, DIM, value, 80 * GIB, explicit=True)
 

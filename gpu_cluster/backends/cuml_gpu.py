@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ParameterError
-from .cuml_memory import CUML_MIN_SAMPLES_MAX, peak_bytes, plan_min_samples
+from . import cuml_memory
+from .cuml_memory import check_min_samples, peak_bytes, plan_min_samples
 from ..params import HdbscanParams
-from ..progress import format_bytes
+from ..budget import format_bytes
 from ..labels import Labels
 
 NAME = "cuml"
@@ -40,14 +41,8 @@ def cuml_min_samples(min_samples: int) -> int:
 
     scikit-learn k <-> cuML k - 1, which cuML requires in 1..1023.
     """
-    translated = min_samples - 1
-    if not 1 <= translated <= CUML_MIN_SAMPLES_MAX:
-        raise ParameterError(
-            f"min_samples={min_samples} cannot run on the GPU: cuML needs 1 <= min_samples "
-            f"<= {CUML_MIN_SAMPLES_MAX} without counting the point itself, i.e. 2.."
-            f"{CUML_MIN_SAMPLES_MAX + 1} in this tool's (scikit-learn's) convention"
-        )
-    return translated
+    check_min_samples(min_samples)
+    return min_samples - 1
 
 
 def build_algo_for(n: int) -> str:
@@ -157,6 +152,11 @@ def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
         knn_s = _NND_SECONDS_PER_ROW * n * (dim / 768)
     seconds = 1.0 + knn_s + _SECONDS_PER_NEIGHBOUR_SLOT * n * params.min_samples
     return seconds, peak_bytes(n, dim, params.min_samples)
+
+
+def free_memory() -> int:
+    """Bytes a fit may plan with by default: the device's free memory."""
+    return cuml_memory.free_device_memory()
 
 
 def plan_params(params: HdbscanParams, n: int, dim: int, *, available: int, explicit: bool):

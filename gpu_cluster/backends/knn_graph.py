@@ -31,7 +31,7 @@ import scipy.sparse as sp
 from scipy.sparse import csgraph
 
 from . import knn_search as knn
-from ..budget import plan_linear
+from ..budget import default_host_budget, plan_linear
 from ..params import HdbscanParams
 from ..labels import Labels
 from . import component_joins, dense_mst
@@ -182,21 +182,34 @@ BYTES_PER_NEIGHBOUR = 96
 
 
 def memory_model(n: int, dim: int) -> tuple[int, int]:
-    """(fixed, per-min_samples) peak host bytes of a fit, including the float32 input.
+    """(fixed, per-neighbour) peak host bytes of a fit, including the float32 input.
 
     The input and the distinct-row copy are fixed, and so is the larger of HNSW's links
     and the dense path's matrix (used while the distinct rows are few, which a plan cannot
-    know); the kNN graph grows with k (at least MIN_GRAPH_K, which plans ignore below it).
+    know); the kNN graph grows with the neighbours searched, ``graph_k``.
     """
     dense = dense_mst.matrix_bytes(min(n, dense_mst.DENSE_MAX_ROWS))
     return 2 * 4 * n * dim + max(2 * knn.HNSW_M * 4 * n, dense), BYTES_PER_NEIGHBOUR * n
+
+
+def peak_bytes(n: int, dim: int, min_samples: int) -> int:
+    """Planned peak host bytes of one fit: the graph holds ``max(min_samples, MIN_GRAPH_K)``
+    neighbours per point, so a min_samples below MIN_GRAPH_K costs as much as MIN_GRAPH_K."""
+    fixed, per_k = memory_model(n, dim)
+    return fixed + per_k * max(min_samples, MIN_GRAPH_K)
 
 
 def plan_params(params: HdbscanParams, n: int, dim: int, *, available: int, explicit: bool):
     """min_samples within the host memory budget (see gpu_cluster.budget)."""
     fixed, per_k = memory_model(n, dim)
     return plan_linear(params.min_samples, explicit=explicit, n=n, dim=dim, fixed=fixed,
-                       per_k=per_k, available=available, what="the kNN graph")
+                       per_k=per_k, available=available, what="the kNN graph",
+                       floor_k=MIN_GRAPH_K)
+
+
+def free_memory() -> int:
+    """Bytes a fit may plan with by default: the host budget (45% of the RAM)."""
+    return default_host_budget()
 
 
 # Rough, for plans and heartbeats; measured on this project's 2-core machine (768-d):
@@ -210,5 +223,4 @@ def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
         seconds = 2.0 * n * n * dim / 45e9 + 3e-9 * n * n
     else:
         seconds = 3.2e-4 * n * (dim / 768) * (k / 42) ** 0.5 + 1e-6 * n * k
-    fixed, per_k = memory_model(n, dim)
-    return seconds, int(fixed + per_k * k)
+    return seconds, peak_bytes(n, dim, params.min_samples)

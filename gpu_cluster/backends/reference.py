@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..budget import plan_linear
+from ..budget import default_host_budget, plan_linear
 from ..errors import EnvironmentProblem
 from ..params import HdbscanParams, RequestedParams
 from ..labels import Labels
@@ -28,7 +28,7 @@ def check_numpy_compatible(params: HdbscanParams) -> None:
 
 
 def check_requested(requested: RequestedParams) -> None:
-    """The same refusal, before any work (``pipeline.check_explicit_params``)."""
+    """The same refusal, before any work (``pipeline.open_backend``)."""
     refuse_numpy_24(requested.epsilon)
 
 
@@ -79,11 +79,21 @@ def memory_model(n: int, dim: int) -> tuple[int, int]:
     return 4 * n * dim + 8 * n * dim + 64 * n, 16 * n
 
 
+def peak_bytes(n: int, dim: int, min_samples: int) -> int:
+    """Planned peak host bytes of one fit."""
+    fixed, per_k = memory_model(n, dim)
+    return fixed + per_k * min_samples
+
+
 def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
     """Rough (seconds, peak host bytes) of one fit of n x dim vectors."""
     seconds = _SECONDS_AT_5K * (n / 5000) ** _EXPONENT * (dim / 768)
-    fixed, per_k = memory_model(n, dim)
-    return seconds, int(fixed + per_k * params.min_samples)
+    return seconds, peak_bytes(n, dim, params.min_samples)
+
+
+def free_memory() -> int:
+    """Bytes a fit may plan with by default: the host budget (45% of the RAM)."""
+    return default_host_budget()
 
 
 def plan_params(params: HdbscanParams, n: int, dim: int, *, available: int, explicit: bool):
