@@ -139,21 +139,6 @@ class StepTimer:
 
 
 @dataclass
-class Clustered:
-    """The output of the compute stages.
-
-    x: (n, d) float32 normalised rows on the device; labels: the backend's Labels;
-    host_labels: (n,) int64; medoids: (k,) int64 row of each cluster's medoid.
-    """
-
-    x: object
-    labels: Labels
-    host_labels: np.ndarray
-    medoids: np.ndarray
-    params: P.HdbscanParams
-
-
-@dataclass
 class DbTarget:
     """Where a database step reads and writes.
 
@@ -205,14 +190,13 @@ def refused(record: StepRecord, plan: ModelPlan) -> bool:
 
 
 def compute_stages(timer: StepTimer, work: pipeline.ModelWork,
-                   env: pipeline.RunEnv) -> Clustered:
-    """normalise -> cluster -> medoids, the pipeline's own stages, each timed."""
+                   env: pipeline.RunEnv) -> pipeline.ModelWork:
+    """normalise -> cluster -> medoids, the pipeline's own stages, each timed; returns
+    ``work`` with the normalised rows, labels and medoids (for a baseline)."""
     for name, stage in pipeline.COMPUTE_STAGES:
         timer.run(name, lambda: stage(work, env))
-    host_labels = to_host(work.labels.labels).astype(np.int64, copy=False)
     record_labels(timer.record, work.labels, work.plan.params)
-    return Clustered(work.loaded.vectors, work.labels, host_labels, work.medoid_rows,
-                     work.plan.params)
+    return work
 
 
 def select_stage(timer: StepTimer, target: DbTarget, model: str, factor: int):
@@ -247,7 +231,7 @@ def write_stage(timer: StepTimer, target: DbTarget, work: pipeline.ModelWork,
 
 
 def measure_db_step(timer: StepTimer, target: DbTarget, backend: ModuleType,
-                    requested: P.RequestedParams) -> Clustered | None:
+                    requested: P.RequestedParams) -> pipeline.ModelWork | None:
     """select -> plan -> read -> compute -> write for ``timer.record``'s model and factor.
 
     Returns the clustered data (for a baseline), or None when the plan refuses the fit
@@ -282,7 +266,7 @@ def measure_db_step(timer: StepTimer, target: DbTarget, backend: ModuleType,
 
 
 def measure_synthetic_step(timer: StepTimer, dim: int, seed: int, backend: ModuleType,
-                           requested: P.RequestedParams) -> Clustered | None:
+                           requested: P.RequestedParams) -> pipeline.ModelWork | None:
     """generate -> (transfer) -> compute for ``timer.record.n`` synthetic rows (nothing is
     written), with the parameters a run would plan for them."""
     record = timer.record
@@ -313,18 +297,18 @@ def to_device(host_x: np.ndarray, batch_rows: int):
     return sink.finish()
 
 
-def measure_baseline(timer: StepTimer, main: StepRecord, clustered: Clustered,
+def measure_baseline(timer: StepTimer, main: StepRecord, clustered: pipeline.ModelWork,
                      baseline: ModuleType) -> None:
     """Fit ``baseline`` on the main step's normalised rows; ARI and speed ratio on both."""
     from sklearn.metrics import adjusted_rand_score
 
-    record = timer.record
+    record, params = timer.record, clustered.plan.params
     record.n, record.dim = main.n, main.dim
-    host_x = to_host(clustered.x)
+    host_x = to_host(clustered.loaded.vectors)
     with timer.reporter.stage(f"{record.label}: cluster", unit="fit"):
-        labels = timer.run("cluster", lambda: isolation.fit(baseline, host_x, clustered.params))
-    record_labels(record, labels, clustered.params)
-    ari = float(adjusted_rand_score(to_host(labels.labels), clustered.host_labels))
+        labels = timer.run("cluster", lambda: isolation.fit(baseline, host_x, params))
+    record_labels(record, labels, params)
+    ari = float(adjusted_rand_score(to_host(labels.labels), to_host(clustered.labels.labels)))
     ratio = record.seconds["cluster"] / max(main.seconds["cluster"], 1e-9)
     comparison = {"against": baseline.NAME, "ari": ari, "speed_ratio": ratio,
                   "baseline_cluster_s": record.seconds["cluster"],

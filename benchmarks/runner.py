@@ -396,7 +396,7 @@ class SweepRun:
         record = StepRecord(main.factor, main.model, "baseline", base.NAME, "cpu",
                             n=main.n, dim=main.dim)
         self.sweep.steps.append(record)
-        fit_s, fit_bytes = base.estimate(main.n, main.dim, clustered.params)
+        fit_s, fit_bytes = base.estimate(main.n, main.dim, clustered.plan.params)
         plan = StepPlan(main.n, main.dim, ("cluster",), priors={"cluster": fit_s},
                         fit_estimate=fit_estimator(base, main.dim, self.cfg.requested))
         record.projected = projections_dict(project_stages(self.projector, plan, base.NAME))

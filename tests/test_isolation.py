@@ -56,6 +56,7 @@ def test_child_fit_keeps_heartbeats_going(caplog):
     assert heartbeats_between(messages, "cluster: started", "cluster: finished") >= 1
 
 
+@pytest.mark.slow
 def test_thread_fit_would_starve_them(caplog):
     """Why the child exists: the same fit in a thread silences the heartbeat while its
     native call runs (one line may slip in between the fit's log line and the call)."""
@@ -172,6 +173,7 @@ def process_gone(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc (Linux)")
 def test_the_fit_child_dies_with_a_run_killed_by_sigkill(demo_db, tmp_path):
     import signal

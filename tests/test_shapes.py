@@ -17,6 +17,8 @@ from gpu_cluster.backends import knn_search as knn
 from gpu_cluster.backends import component_joins, dense_mst, knn_graph, reference
 from gpu_cluster.params import RequestedParams, resolve
 
+pytestmark = pytest.mark.slow  # shapes of thousands of rows against the reference
+
 
 def default_params(n, eps=0.4, **kw):
     return resolve(RequestedParams(epsilon=eps, **kw), n)

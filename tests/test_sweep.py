@@ -33,6 +33,8 @@ from helpers import make_copyable_demo  # noqa: E402
 from gpu_cluster.demo import DemoSpec  # noqa: E402
 from gpu_cluster.device import Device  # noqa: E402
 
+pytestmark = pytest.mark.slow  # benchmark sweeps
+
 # 2,000 TEXT invocations in runs of 20: factor 100 -> 100 rows per model, factor 10 -> 200.
 SPEC = DemoSpec(text_invocations=2000, dim=64, seed=0, max_length=40)
 REAL_MODELS = ("Nomic", "STSBMpnet", "STSBRoberta")
