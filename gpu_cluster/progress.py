@@ -17,6 +17,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+from .params import validate
 from .signals import held, start_quiet
 
 log = logging.getLogger("gpu_cluster")
@@ -75,6 +76,7 @@ class Reporter:
     """Base reporter: logs each stage's start and end, and heartbeats in between."""
 
     def __init__(self, heartbeat_s: float = DEFAULT_HEARTBEAT_S):
+        validate(heartbeat=heartbeat_s)  # CONSTRAINTS: at 0 or below the heartbeat would spin
         self.heartbeat_s = heartbeat_s
 
     @contextmanager
