@@ -1,27 +1,28 @@
-"""Time one model at one downsample factor, stage by stage, with the library's own functions.
+"""Time one model at one downsample factor, stage by stage, with the pipeline's own stages.
 
-The stages are the pipeline's (``gpu_cluster.pipeline.cluster_model``), called one by one
-so each is timed on its own:
+A step runs the stage functions a run runs (``gpu_cluster.pipeline``), each through this
+module's timing hook (:class:`StepTimer`: wall seconds, peak memory, a device
+synchronisation on a GPU):
 
-    select    survey_embeddings(conn, [model])  (the grouped count query) + the rule
-    read      load_vectors(..., device='cpu')       (SQL -> one preallocated host array)
+    select    survey_embeddings(conn, [model])  (the grouped count query)
+    plan      pipeline.plan_stage               (untimed: counts only; the run's own plan,
+                                                 with the device's memory: free GPU memory
+                                                 on a GPU, the host budget on the CPU)
+    read      pipeline.read_stage               (SQL -> one array; on a GPU through the
+                                                 production DeviceSink, straight to the device)
     generate  synthetic_embeddings(n, d)        (instead of select + read, --synthetic)
-    transfer  xp.asarray(host)                  (host -> GPU; only on a GPU)
-    normalise normalise_rows(x)
-    cluster   isolation.fit(backend, x, params)  (a child process on the CPU, as in a run)
-    medoids   medoid_indices(x, labels, probabilities)
-    write     write_result(engine, ...)         (committed with --write, else rolled back)
+    transfer  staging.open_sink(...).put        (--synthetic on a GPU: host -> device through
+                                                 the DeviceSink a run reads through)
+    normalise, cluster, medoids                 pipeline.COMPUTE_STAGES
+    write     pipeline.write_stage              (committed with --write, else rolled back)
 
-The pipeline reads straight into a device array; here the read lands on the host and the
-copy is timed as ``transfer``, so that read rates compare across devices. On a GPU every
-stage ends with a device synchronisation so asynchronous kernels are counted where they
-run. Timings exclude the progress reporter's own start/stop.
+A step whose plan refuses the fit (nothing fits in memory) is recorded as failed with the
+plan's reason; it never runs with other parameters than a run would.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from types import ModuleType
 
@@ -30,15 +31,18 @@ import sqlalchemy as sa
 
 from gpu_cluster import isolation
 from gpu_cluster import params as P
-from gpu_cluster.backends import Labels
+from gpu_cluster import pipeline
+from gpu_cluster.budget import MemoryBudgetError
+from gpu_cluster.database import Snapshot
 from gpu_cluster.device import Device, to_host
-from gpu_cluster.loading import LoadedVectors, load_vectors, normalise_rows
+from gpu_cluster.errors import ModelSkipped
+from gpu_cluster.labels import Labels
+from gpu_cluster.loading import LoadedVectors, normalise_rows
 from gpu_cluster.medoids import medoid_indices
-from gpu_cluster.budget import MemoryBudgetError, default_host_budget
-from gpu_cluster.planner import fit_params, plan_model
+from gpu_cluster.planner import ModelPlan, available_memory, plan_rows
 from gpu_cluster.progress import Reporter
-from gpu_cluster.selection import ModelSurvey, Selection, survey_embeddings
-from gpu_cluster.writer import ResultToWrite, write_result
+from gpu_cluster.selection import survey_embeddings
+from gpu_cluster.staging import open_sink
 
 from .memory import PeakSampler
 from .projection import Projection
@@ -114,39 +118,24 @@ def synchronize(device: Device) -> None:
 
 
 class StepTimer:
-    """Times the stages of one step into its record, under the reporter's heartbeat."""
+    """The pipeline's timing hook for one step: seconds and peak memory per stage into
+    its record (the stages report progress themselves, through ``reporter``)."""
 
     def __init__(self, record: StepRecord, reporter: Reporter, device: Device):
         self.record, self.reporter, self.device = record, reporter, device
+        self.stage = "select"
 
-    @contextmanager
-    def stage(self, name: str, *, total: int | None = None, unit: str = "rows"):
-        projected = self.record.projected.get(name)
-        estimate_s = projected["seconds"] if projected and total is None else None
-        with self.reporter.stage(f"{self.record.label}: {name}", total=total, unit=unit,
-                                 estimate_s=estimate_s) as st:
-            with PeakSampler(gpu=self.device.kind == "gpu") as mem:
-                start = time.perf_counter()
-                yield st
-                synchronize(self.device)
-                elapsed = time.perf_counter() - start
+    def run(self, name: str, work):
+        """``work()``, timed as stage ``name`` (to the end of the device's queued work)."""
+        self.stage = name
+        with PeakSampler(gpu=self.device.kind == "gpu") as mem:
+            start = time.perf_counter()
+            result = work()
+            synchronize(self.device)
+            elapsed = time.perf_counter() - start
         self.record.seconds[name] = elapsed
         self.record.memory[name] = mem.as_dict()
-
-
-@dataclass
-class Clustered:
-    """The output of the compute stages.
-
-    x: (n, d) float32 normalised rows on the device; labels: the backend's Labels;
-    host_labels: (n,) int64; medoids: (k,) int64 row of each cluster's medoid.
-    """
-
-    x: object
-    labels: Labels
-    host_labels: np.ndarray
-    medoids: np.ndarray
-    params: P.HdbscanParams
+        return result
 
 
 @dataclass
@@ -178,119 +167,148 @@ def record_labels(record: StepRecord, labels: Labels, params: P.HdbscanParams) -
     record.backend_details = dict(labels.details)
 
 
-def compute_stages(timer: StepTimer, host_x: np.ndarray, backend: ModuleType,
-                   params: P.HdbscanParams) -> Clustered:
-    """transfer -> normalise -> cluster -> medoids on ``host_x`` ((n, d) float32)."""
-    device, n = timer.device, host_x.shape[0]
-    x = host_x
-    if device.kind == "gpu":
-        with timer.stage("transfer", total=n):
-            x = device.xp.asarray(host_x)
-    with timer.stage("normalise"):
-        normalise_rows(x)
-    with timer.stage("cluster", unit="fit"):
-        labels = isolation.fit(backend, x, params)
-    host_labels = to_host(labels.labels).astype(np.int64, copy=False)
-    with timer.stage("medoids", unit="clusters"):
-        medoids = medoid_indices(x, host_labels, to_host(labels.probabilities))
-    record_labels(timer.record, labels, params)
-    return Clustered(x, labels, host_labels, medoids, params)
+def step_env(timer: StepTimer, engine: sa.Engine, backend: ModuleType,
+             requested: P.RequestedParams, factor: int, batch_size: int,
+             snapshot: Snapshot | None = None) -> pipeline.RunEnv:
+    """The pipeline's environment for one step: the run's options, the device's memory."""
+    options = pipeline.RunOptions(downsample=factor, device=timer.device.kind,
+                                  algorithm=backend.NAME, requested=requested,
+                                  batch_size=batch_size)
+    return pipeline.RunEnv(engine, snapshot or Snapshot(engine), options, timer.device, backend,
+                           timer.reporter, available_memory(backend))
 
 
-def select_stage(timer: StepTimer, target: DbTarget, model: str,
-                 factor: int) -> tuple[ModelSurvey, Selection]:
-    with timer.stage("select", unit="queries"), target.read_engine.connect() as conn:
-        survey = survey_embeddings(conn, [model])[model]
+def refused(record: StepRecord, plan: ModelPlan) -> bool:
+    """Record why the plan refuses the fit (too few rows, nothing fits); True if it does."""
+    try:
+        pipeline.check_plan(plan)
+    except ModelSkipped as skip:
+        record.status = f"skipped: {skip.reason}"
+    except MemoryBudgetError as exc:
+        record.status = f"failed: {exc}"
+    return record.status != "pending"
+
+
+def compute_stages(timer: StepTimer, work: pipeline.ModelWork,
+                   env: pipeline.RunEnv) -> pipeline.ModelWork:
+    """normalise -> cluster -> medoids, the pipeline's own stages, each timed; returns
+    ``work`` with the normalised rows, labels and medoids (for a baseline)."""
+    for name, stage in pipeline.COMPUTE_STAGES:
+        timer.run(name, lambda: stage(work, env))
+    record_labels(timer.record, work.labels, work.plan.params)
+    return work
+
+
+def select_stage(timer: StepTimer, target: DbTarget, model: str, factor: int):
+    with timer.reporter.stage(f"{timer.record.label}: select", unit="queries"):
+        survey = timer.run("select", lambda: survey_in(target.read_engine, model))
     sel = survey.selection(factor)
     timer.record.selection = {"rule": sel.rule, "embeddings_total": survey.total,
                               "selected": sel.expected_rows, "wrong_length": sel.wrong_length,
                               "null_vectors": sel.null_vectors, "orphans": survey.orphans,
                               "plain_scan": not sel.needs_join}
     timer.record.n, timer.record.dim = sel.expected_rows, sel.dim
-    return survey, sel
+    return survey
 
 
-def read_stage(timer: StepTimer, target: DbTarget, sel: Selection) -> LoadedVectors:
-    with timer.stage("read", total=sel.expected_rows) as st:
-        with target.read_engine.connect() as conn, conn.begin():
-            loaded = load_vectors(conn, sel, batch_size=target.batch_size, device="cpu", stage=st)
-    record_rate(timer.record, "read", sel.expected_rows, sel.dim)
-    timer.record.selection["skipped_while_reading"] = dict(loaded.skipped)
-    timer.record.n = loaded.n
-    return loaded
+def survey_in(engine: sa.Engine, model: str):
+    with engine.connect() as conn:
+        return survey_embeddings(conn, [model])[model]
 
 
-def write_stage(timer: StepTimer, target: DbTarget, survey: ModelSurvey,
-                requested: P.RequestedParams, loaded: LoadedVectors, clustered: Clustered,
-                backend: ModuleType) -> None:
+def write_stage(timer: StepTimer, target: DbTarget, work: pipeline.ModelWork,
+                env: pipeline.RunEnv) -> None:
     """Write the result as ``gpu-cluster cluster`` would (committed or rolled back)."""
-    from gpu_cluster.pipeline import stored_parameters
-
     record = timer.record
     if target.write_engine is None:
         record.write = {"mode": target.write_mode, "result_id": None}
         return
-    plan = plan_model(survey, record.factor, requested, backend, default_host_budget())
-    parameters = stored_parameters(plan, clustered.params, loaded, clustered.labels,
-                                   timer.device, backend, dict(record.seconds))
-    parameters["benchmark"] = {"tool": "benchmarks/sweep.py", "write": target.write_mode}
-    result = ResultToWrite(loaded.model, loaded.ids, clustered.host_labels, clustered.medoids,
-                           parameters)
-    with timer.stage("write", total=loaded.n) as st:
-        result_id = write_result(target.write_engine, result, stage=st)
+    computed = pipeline.result_of(work, env, pipeline.result_key(work, env), dict(record.seconds))
+    computed.parameters["benchmark"] = {"tool": "benchmarks/sweep.py", "write": target.write_mode}
+    result_id = timer.run("write", lambda: pipeline.write_stage(computed, env))
     committed = target.write_mode == "committed"
     record.write = {"mode": target.write_mode, "result_id": result_id if committed else None}
 
 
 def measure_db_step(timer: StepTimer, target: DbTarget, backend: ModuleType,
-                    requested: P.RequestedParams) -> Clustered | None:
-    """select -> read -> compute -> write for ``timer.record``'s model and factor.
+                    requested: P.RequestedParams) -> pipeline.ModelWork | None:
+    """select -> plan -> read -> compute -> write for ``timer.record``'s model and factor.
 
-    Returns the clustered data (for a baseline), or None when the model has too few
-    usable rows (then the record's status says why).
+    Returns the clustered data (for a baseline), or None when the plan refuses the fit
+    (then the record's status says why).
     """
     record = timer.record
-    survey, sel = select_stage(timer, target, record.model, record.factor)
-    loaded = read_stage(timer, target, sel)
-    params = planned_params(requested, loaded.n, loaded.vectors.shape[1], backend)
-    if reason := P.too_few_reason(loaded.n, params):
-        record.status = f"skipped: {reason}"
-        return None
-    clustered = compute_stages(timer, loaded.vectors, backend, params)
-    write_stage(timer, target, survey, requested, loaded, clustered, backend)
+    survey = select_stage(timer, target, record.model, record.factor)
+    write_engine = target.write_engine or target.read_engine
+    env = step_env(timer, write_engine, backend, requested, record.factor, target.batch_size,
+                   Snapshot(target.read_engine))
+    try:
+        work = pipeline.plan_stage(survey, env)
+        if refused(record, work.plan):
+            return None
+        try:  # the read may drop rows: then the plan is made again for those read
+            timer.run("read", lambda: pipeline.read_stage(work, env))
+        except ModelSkipped as skip:
+            record.status = f"skipped: {skip.reason}"
+            return None
+        except MemoryBudgetError as exc:
+            record.status = f"failed: {exc}"
+            return None
+        record_rate(record, "read", survey.selection(record.factor).expected_rows, survey.dim)
+        record.selection["skipped_while_reading"] = dict(work.loaded.skipped)
+        record.n = work.loaded.n
+        clustered = compute_stages(timer, work, env)
+        write_stage(timer, target, work, env)
+    finally:
+        env.snapshot.close()
     record.status = OK
     return clustered
 
 
 def measure_synthetic_step(timer: StepTimer, dim: int, seed: int, backend: ModuleType,
-                           requested: P.RequestedParams) -> Clustered | None:
-    """generate -> compute for ``timer.record.n`` synthetic rows (nothing is written)."""
+                           requested: P.RequestedParams) -> pipeline.ModelWork | None:
+    """generate -> (transfer) -> compute for ``timer.record.n`` synthetic rows (nothing is
+    written), with the parameters a run would plan for them."""
     record = timer.record
-    with timer.stage("generate", total=record.n) as st:
-        host_x = synthetic_embeddings(record.n, dim, seed=seed, stage=st)
-    record_rate(record, "generate", record.n, dim)
-    params = planned_params(requested, record.n, host_x.shape[1], backend)
-    if reason := P.too_few_reason(record.n, params):
-        record.status = f"skipped: {reason}"
+    plan = plan_rows("synthetic", record.n, dim, requested, backend, available_memory(backend))
+    if refused(record, plan):
         return None
-    clustered = compute_stages(timer, host_x, backend, params)
+    with timer.reporter.stage(f"{record.label}: generate", total=record.n) as st:
+        host_x = timer.run("generate", lambda: synthetic_embeddings(record.n, dim, seed=seed,
+                                                                     stage=st))
+    record_rate(record, "generate", record.n, dim)
+    x = host_x
+    if timer.device.kind == "gpu":  # through the DeviceSink a run reads through
+        x = timer.run("transfer", lambda: to_device(host_x, P.DEFAULT_BATCH_SIZE))
+    loaded = LoadedVectors("synthetic", x, np.zeros(record.n, "S32"))
+    env = pipeline.RunEnv(None, None, None, timer.device, backend, timer.reporter,
+                          plan.memory.available_bytes)
+    clustered = compute_stages(timer, pipeline.ModelWork(None, plan, loaded), env)
     record.write = {"mode": "none (synthetic data)", "result_id": None}
     record.status = OK
     return clustered
 
 
-def measure_baseline(timer: StepTimer, main: StepRecord, clustered: Clustered,
+def to_device(host_x: np.ndarray, batch_rows: int):
+    """Copy (n, d) float32 host rows to the device through the production DeviceSink."""
+    sink = open_sink("gpu", host_x.shape[0], host_x.shape[1], batch_rows)
+    for s in range(0, host_x.shape[0], batch_rows):
+        sink.put(host_x[s:s + batch_rows])
+    return sink.finish()
+
+
+def measure_baseline(timer: StepTimer, main: StepRecord, clustered: pipeline.ModelWork,
                      baseline: ModuleType) -> None:
     """Fit ``baseline`` on the main step's normalised rows; ARI and speed ratio on both."""
     from sklearn.metrics import adjusted_rand_score
 
-    record = timer.record
+    record, params = timer.record, clustered.plan.params
     record.n, record.dim = main.n, main.dim
-    host_x = to_host(clustered.x)
-    with timer.stage("cluster", unit="fit"):
-        labels = isolation.fit(baseline, host_x, clustered.params)
-    record_labels(record, labels, clustered.params)
-    ari = float(adjusted_rand_score(to_host(labels.labels), clustered.host_labels))
+    host_x = to_host(clustered.loaded.vectors)
+    with timer.reporter.stage(f"{record.label}: cluster", unit="fit"):
+        labels = timer.run("cluster", lambda: isolation.fit(baseline, host_x, params))
+    record_labels(record, labels, params)
+    ari = float(adjusted_rand_score(to_host(labels.labels), to_host(clustered.labels.labels)))
     ratio = record.seconds["cluster"] / max(main.seconds["cluster"], 1e-9)
     comparison = {"against": baseline.NAME, "ari": ari, "speed_ratio": ratio,
                   "baseline_cluster_s": record.seconds["cluster"],
@@ -328,10 +346,9 @@ def projections_dict(projected: dict[str, Projection]) -> dict[str, dict]:
     return {stage: p.as_dict() for stage, p in projected.items()}
 
 
-def planned_params(requested: P.RequestedParams, n: int, dim: int, backend) -> P.HdbscanParams:
-    """The parameters a real run would use: defaults for n, min_samples capped to the
-    host budget (as ``gpu-cluster cluster`` does); unplanned when nothing fits."""
-    try:
-        return fit_params(requested, max(n, 2), dim, backend, default_host_budget())[0]
-    except MemoryBudgetError:
-        return P.resolve(requested, max(n, 2))
+def planned_params(requested: P.RequestedParams, n: int, dim: int,
+                   backend) -> P.HdbscanParams | None:
+    """The parameters a run would fit n rows with (min_samples within the device's
+    memory), or None when its plan refuses them (too few rows, nothing fits)."""
+    plan = plan_rows("projection", max(n, 2), dim, requested, backend, available_memory(backend))
+    return plan.params if plan.memory is not None else None

@@ -31,8 +31,9 @@ from gpu_cluster.backends import DEFAULT_ALGORITHM, MODULES, load_backend
 from gpu_cluster.database import open_database, parse_target
 from gpu_cluster.device import Device, resolve_device
 from gpu_cluster.errors import DatabaseError, GpuClusterError, ParameterError
-from gpu_cluster.budget import default_host_budget
-from gpu_cluster.planner import JOIN_SCAN_ROWS_PER_S, PLAIN_SCAN_ROWS_PER_S, plan_model
+from gpu_cluster.planner import (
+    JOIN_SCAN_ROWS_PER_S, PLAIN_SCAN_ROWS_PER_S, available_memory, plan_model, plan_rows,
+)
 from gpu_cluster.progress import Reporter, format_seconds
 from gpu_cluster.schema import clusteringresult
 from gpu_cluster.selection import survey_embeddings
@@ -126,8 +127,13 @@ class StepPlan:
 def fit_estimator(backend: ModuleType, dim: int,
                   requested: P.RequestedParams) -> Callable[[int], float]:
     """n -> the backend's own estimate of one fit's seconds at n rows, with the
-    parameters a run would use there (min_samples capped to the memory budget)."""
-    return lambda n: backend.estimate(n, dim, planned_params(requested, n, dim, backend))[0]
+    parameters a run would use there (min_samples capped to the device's memory); 0 where
+    its plan refuses the fit (no growth exponent is then implied)."""
+    def estimate(n: int) -> float:
+        params = planned_params(requested, n, dim, backend)
+        return backend.estimate(n, dim, params)[0] if params is not None else 0.0
+
+    return estimate
 
 
 def estimate_exponent(estimate: Callable[[int], float], n_from: int | None,
@@ -187,9 +193,9 @@ class DbSource:
             return None, f"skipped: {exc}"
 
     def plan(self, model: str, factor: int, backend: ModuleType, device: Device) -> StepPlan:
-        p = plan_model(self.surveys[model], factor, self.cfg.requested, backend, default_host_budget())
-        stages = ("select", "read", *(("transfer",) if device.kind == "gpu" else ()),
-                  "normalise", "cluster", "medoids",
+        p = plan_model(self.surveys[model].selection(factor), self.cfg.requested, backend,
+                       available_memory(backend), batch_size=self.cfg.batch_size)
+        stages = ("select", "read", "normalise", "cluster", "medoids",
                   *(("write",) if self.target.write_engine is not None else ()))
         priors = {"select": self.survey_s, "read": p.read_seconds, "cluster": p.fit_seconds}
         return StepPlan(p.n, p.selection.dim, stages, p.skip_reason, p.host_bytes, priors,
@@ -242,14 +248,14 @@ class SyntheticSource:
 
     def plan(self, model: str, factor: int, backend: ModuleType, device: Device) -> StepPlan:
         n = self.size // factor
-        params = planned_params(self.cfg.requested, n, self.dim, backend)
+        plan = plan_rows(SYNTHETIC_MODEL, n, self.dim, self.cfg.requested, backend,
+                         available_memory(backend))
         stages = ("generate", *(("transfer",) if device.kind == "gpu" else ()),
                   "normalise", "cluster", "medoids")
-        reason = P.too_few_reason(n, params)
-        if reason:
-            return StepPlan(n, self.dim, stages, reason)
-        fit_s, fit_bytes = backend.estimate(n, self.dim, params)  # fit_bytes includes the input
-        return StepPlan(n, self.dim, stages, None, fit_bytes, {"cluster": fit_s},
+        if plan.skip_reason:
+            return StepPlan(n, self.dim, stages, plan.skip_reason)
+        # A plan that refuses the fit (nothing fits) is run: the step records its reason.
+        return StepPlan(n, self.dim, stages, None, plan.host_bytes, {"cluster": plan.fit_seconds},
                         fit_estimator(backend, self.dim, self.cfg.requested))
 
     def measure(self, timer: StepTimer, backend: ModuleType):
@@ -390,7 +396,7 @@ class SweepRun:
         record = StepRecord(main.factor, main.model, "baseline", base.NAME, "cpu",
                             n=main.n, dim=main.dim)
         self.sweep.steps.append(record)
-        fit_s, fit_bytes = base.estimate(main.n, main.dim, clustered.params)
+        fit_s, fit_bytes = base.estimate(main.n, main.dim, clustered.plan.params)
         plan = StepPlan(main.n, main.dim, ("cluster",), priors={"cluster": fit_s},
                         fit_estimate=fit_estimator(base, main.dim, self.cfg.requested))
         record.projected = projections_dict(project_stages(self.projector, plan, base.NAME))

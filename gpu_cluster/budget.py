@@ -28,9 +28,13 @@ class MemoryBudgetError(ParameterError, MemoryError):
     """
 
 
-def gib(nbytes: float) -> str:
-    """'17.7 GiB'."""
-    return f"{nbytes / GIB:.1f} GiB"
+def format_bytes(n: float) -> str:
+    """'512 B' / '3.4 MiB' / '17.7 GiB': the one byte formatter (messages, plans, logs)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def physical_memory() -> int:
@@ -83,43 +87,46 @@ def choose_min_samples(
     budget = int(safety * available)
     bound, cause = min(bounds, key=lambda bc: bc[0])
     on = "on the GPU" if where == "GPU" else "in host memory"
-    usable = f"{gib(budget)} usable {where} memory"
+    usable = f"{format_bytes(budget)} usable {where} memory"
     if bound < lowest:
         raise MemoryBudgetError(
             f"nothing fits {on} for n={n:,}, dim={dim}: even min_samples={lowest} needs "
-            f"{gib(peak(lowest))}, {'free' if where == 'GPU' else 'budget'} {gib(available)} (planning with "
-            f"{safety:.0%} of it, {gib(budget)}; {cause}); downsample more"
+            f"{format_bytes(peak(lowest))}, {'free' if where == 'GPU' else 'budget'} {format_bytes(available)} (planning with "
+            f"{safety:.0%} of it, {format_bytes(budget)}; {cause}); downsample more"
             + (" or use the CPU" if where == "GPU" else " or raise --memory-budget")
         )
     if requested <= bound:
         chosen = requested
         reason = (f"min_samples={requested} as {'given' if explicit else 'defaulted'}; "
-                  f"planned {gib(peak(requested))} of {usable}")
+                  f"planned {format_bytes(peak(requested))} of {usable}")
     elif explicit:
         raise MemoryBudgetError(
             f"--min-samples {requested} does not fit {on} for n={n:,}, dim={dim}: it needs "
-            f"{gib(peak(requested))} with {usable} ({safety:.0%} of {gib(available)}); "
+            f"{format_bytes(peak(requested))} with {usable} ({safety:.0%} of {format_bytes(available)}); "
             f"the largest that fits is {bound} ({cause})"
         )
     else:
         chosen = bound
         reason = (f"min_samples capped from {requested} to {bound} because {cause}; "
-                  f"planned {gib(peak(bound))} of {usable}")
+                  f"planned {format_bytes(peak(bound))} of {usable}")
     return MemoryPlan(where, requested, chosen, chosen != requested, reason,
                       peak(chosen), int(available), budget)
 
 
 def plan_linear(
     requested: int, *, explicit: bool, n: int, dim: int, fixed: int, per_k: int,
-    available: int, what: str,
+    available: int, what: str, floor_k: int = 0,
 ) -> MemoryPlan:
-    """choose_min_samples for a host-memory model ``peak(k) = fixed + per_k * k`` bytes."""
+    """choose_min_samples for a host-memory model ``peak(k) = fixed + per_k * max(k, floor_k)``
+    bytes (``floor_k``: the fewest neighbours the fit uses whatever min_samples is)."""
     spare = available - fixed
     bound = spare // per_k if spare > 0 and per_k > 0 else 0
+    if fixed + per_k * floor_k > available:  # not even the floor fits
+        bound = 0
     return choose_min_samples(
         requested, explicit=explicit, n=n, dim=dim, where="host",
-        peak=lambda k: fixed + per_k * k,
-        bounds=[(int(bound), f"{what} must fit in the {gib(available)} host memory budget")],
+        peak=lambda k: fixed + per_k * max(k, floor_k),
+        bounds=[(int(bound), f"{what} must fit in the {format_bytes(available)} host memory budget")],
         available=available,
     )
 

@@ -15,7 +15,8 @@ import click
 from . import __version__
 from . import params as P
 from .errors import GpuClusterError
-from .progress import DEFAULT_HEARTBEAT_S, Reporter, RichReporter, format_bytes, format_seconds
+from .budget import format_bytes
+from .progress import DEFAULT_HEARTBEAT_S, Reporter, RichReporter, format_seconds
 
 log = logging.getLogger("gpu_cluster")
 

@@ -1,29 +1,35 @@
 """Run a backend's fit where it can neither starve the heartbeat nor kill the run.
 
-A CPU fit runs in a forked child process: native code that holds the GIL for minutes
+A CPU fit runs in a child process: native code that holds the GIL for minutes
 (scikit-learn's tree building does: an 81 s gap in heartbeats was measured at
 n = 11,000) cannot stall the parent's progress lines, and a native crash (seen here:
 segfaults in BLAS and in scikit-learn at n = 20k) fails that model instead of the run.
-The child inherits the normalised array copy-on-write (no copy is made) and sends back
-labels and probabilities. A GPU fit runs in a thread instead: CUDA does not survive a
-fork, and cuML releases the GIL.
+On Linux the child is forked and inherits the normalised array copy-on-write (no copy
+is made); where fork is unavailable or unsafe (macOS, Windows) it is spawned, and the
+array is pickled to it (a second copy, in the child). It sends back labels and
+probabilities; a GpuClusterError keeps its type and message. The child dies with its
+parent (``PR_SET_PDEATHSIG`` on Linux, a liveness check elsewhere): a run killed with
+SIGKILL leaves no fit behind. A GPU fit runs in a thread instead: CUDA does not survive
+a fork, and cuML releases the GIL.
 """
 
 from __future__ import annotations
 
+import ctypes
+import importlib
 import multiprocessing
 import os
 import signal
 import sys
 import threading
 import traceback
-from contextlib import contextmanager
 from types import ModuleType
 
 from . import errors
-from .backends import Labels
 from .errors import GpuClusterError
+from .labels import Labels
 from .params import HdbscanParams
+from .signals import STOP_SIGNALS, held, start_quiet
 
 POLL_S = 0.2
 
@@ -49,8 +55,7 @@ def fit_in_thread(backend: ModuleType, x, params: HdbscanParams) -> Labels:
         except BaseException as exc:  # handed to the waiting thread
             box["error"] = exc
 
-    worker = threading.Thread(target=target, name="fit", daemon=True)
-    worker.start()
+    worker = start_quiet(threading.Thread(target=target, name="fit", daemon=True))
     while worker.is_alive():
         worker.join(POLL_S)
     if "error" in box:
@@ -58,13 +63,47 @@ def fit_in_thread(backend: ModuleType, x, params: HdbscanParams) -> Labels:
     return box["value"]
 
 
-def _child(backend: ModuleType, x, params: HdbscanParams, conn) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # the parent decides about interrupts
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if "faiss" in sys.modules:  # the parent ran faiss: its OpenMP pool is gone here
-        from . import knn
+def start_method() -> str:
+    """'fork' on Linux (the input is shared copy-on-write); 'spawn' where fork is missing
+    or unsafe (Windows has none; on macOS system libraries are not fork-safe)."""
+    return "fork" if sys.platform.startswith("linux") else "spawn"
 
-        knn.limit_threads_after_fork()
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+LIVENESS_S = 1.0
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this process when ``parent_pid`` ends, even by SIGKILL.
+
+    Linux: the kernel sends SIGKILL when the thread that started the child exits (a run
+    starts it from the thread running the pipeline). Elsewhere: a daemon thread checks
+    every LIVENESS_S seconds that the parent is still this process's parent.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+            if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                os._exit(1)
+            return
+
+    def watch():
+        while os.getppid() == parent_pid:
+            threading.Event().wait(LIVENESS_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-liveness", daemon=True).start()
+
+
+def _child(backend: ModuleType, x, params: HdbscanParams, conn, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
+    for s in STOP_SIGNALS:  # the parent decides about interrupts
+        signal.signal(s, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):  # forked while they were held
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    after_fork = getattr(backend, "after_fork", None)  # the backend's own repairs (faiss)
+    if after_fork is not None:
+        after_fork()
     try:
         labels = backend.fit(x, params)
         conn.send(("ok", (labels.labels, labels.probabilities, labels.details)))
@@ -76,45 +115,33 @@ def _child(backend: ModuleType, x, params: HdbscanParams, conn) -> None:
         conn.close()
 
 
-@contextmanager
+def _spawned_child(backend_name: str, x, params: HdbscanParams, conn, parent_pid: int) -> None:
+    """A spawned child's entry: import the backend by name, then fit as a forked one."""
+    _child(importlib.import_module(backend_name), x, params, conn, parent_pid)
+
+
 def interrupts_deferred():
-    """Hold SIGINT/SIGTERM until the block ends, then act on the first one.
+    """Hold SIGINT/SIGTERM (``pthread_sigmask``) while the child starts; act on them after.
 
     An interrupt that lands inside ``fork()``'s after-fork callbacks (logging's lock
-    release, say) is raised there and *ignored* by Python: the run would go on. So the
-    handlers only record the signal while forking; the original handler runs after.
+    release, say) is raised there and *ignored* by Python: the run would go on. Blocked,
+    it stays pending and reaches its own handler when the block ends. The package's
+    helper threads block these signals for good (signals.py), so none of them takes it.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in old:
-        signal.signal(s, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        if caught:
-            replay(caught[0], old[caught[0]])
-
-
-def replay(signum: int, handler) -> None:
-    """Act on a deferred signal as its original handler would have."""
-    if callable(handler):
-        handler(signum, None)
-    elif handler == signal.SIG_DFL and signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    elif handler == signal.SIG_DFL:
-        os.kill(os.getpid(), signum)
+    return held()
 
 
 def fit_in_child(backend: ModuleType, x, params: HdbscanParams) -> Labels:
-    """Fit in a forked child; raise its error here, or FitCrashed if it died."""
-    ctx = multiprocessing.get_context("fork")
+    """Fit in a child process; raise its error here, or FitCrashed if it died."""
+    method = start_method()
+    ctx = multiprocessing.get_context(method)
     parent_end, child_end = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(backend, x, params, child_end), daemon=True)
+    if method == "fork":
+        target, first = _child, backend
+    else:  # a spawned child imports the backend by name and gets a pickled copy of x
+        target, first = _spawned_child, backend.__name__
+    proc = ctx.Process(target=target, args=(first, x, params, child_end, os.getpid()),
+                       daemon=True)
     try:
         with interrupts_deferred():
             proc.start()

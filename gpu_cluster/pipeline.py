@@ -1,4 +1,11 @@
-"""The run: for each embedding model, select -> load -> normalise -> cluster -> medoids -> write.
+"""The run: for each embedding model, plan -> read -> normalise -> cluster -> medoids -> write.
+
+Each stage is a small public function of plain data (:class:`ModelWork`, the model's
+data so far, and :class:`RunEnv`, what every stage needs), timed through one hook
+(``clock.run(name, work)``, :class:`ModelClock` by default). ``cluster_model`` is the
+local runner, a loop over them; ``run_model`` runs one model from a database URL, a
+model name and options, as a worker of a scale-out runner would; ``benchmarks/`` times
+the same functions.
 
 ``cluster_database`` is what ``gpu-cluster cluster`` calls. Each model is independent:
 a model with too few vectors (or mostly unusable rows) is skipped with its reason, a
@@ -21,13 +28,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import sqlalchemy as sa
 
 from . import __version__
 from . import isolation
 from . import params as P
-from .backends import Labels, load_backend
-from .budget import MemoryBudgetError, default_host_budget
+from .backends import load_backend
+from .labels import Labels
+from .budget import MemoryBudgetError
 from . import pending
 from .database import DEFAULT_LOCK_TIMEOUT_S, Snapshot, database_errors, open_database, parse_target
 from .device import Device, resolve_device, to_host
@@ -35,7 +44,7 @@ from .errors import DatabaseError, ModelSkipped, ResultKept, UnknownName
 from .ids import new_ids
 from .loading import LoadedVectors, load_vectors, mostly_unusable_reason, normalise_rows
 from .medoids import medoid_indices
-from .planner import ModelPlan, fit_params, plan_model
+from .planner import ModelPlan, available_memory, plan_for_rows, plan_model
 from .pending import PendingResult
 from .progress import Reporter, format_seconds
 from .results import model_result_parameters, result_exists
@@ -128,7 +137,8 @@ def requested_surveys(surveys: dict[str, ModelSurvey], models: tuple[str, ...]) 
 
 @dataclass
 class ModelClock:
-    """Seconds per stage of one model, and the stage running now (for the stop line)."""
+    """The stages' timing hook: seconds per stage of one model, and the stage running now
+    (for the stop line). Any object with this ``run`` can time the stages instead."""
 
     stage: str = "select"
     seconds: dict = field(default_factory=dict)
@@ -141,6 +151,56 @@ class ModelClock:
             return work()
         finally:
             self.seconds[name] = time.perf_counter() - start
+
+
+@dataclass
+class RunEnv:
+    """What every stage of a run needs besides the model's data.
+
+    available: bytes the fit may plan with (host budget, or GPU memory).
+    kept_dir: where results that could not be stored are kept (None: nowhere).
+    """
+
+    engine: sa.Engine
+    snapshot: Snapshot
+    options: RunOptions
+    device: Device
+    backend: ModuleType
+    reporter: Reporter
+    available: int
+    kept_dir: Path | None = None
+
+
+@dataclass
+class ModelWork:
+    """One model's data as the stages fill it in: the plan, then the rows read, the labels
+    and the medoid rows ((k,) int64 row of each cluster's medoid)."""
+
+    survey: ModelSurvey | None  # None for rows not from a database (benchmarks' synthetic)
+    plan: ModelPlan
+    loaded: LoadedVectors | None = None
+    labels: Labels | None = None
+    medoid_rows: np.ndarray | None = None
+
+    @property
+    def model(self) -> str:
+        return self.plan.model
+
+
+def open_backend(device: Device, options: RunOptions) -> ModuleType:
+    """The backend for ``device`` and ``--algorithm``, after its refusal of an explicit
+    value it can never accept (``check_requested``, before any work)."""
+    backend = load_backend(device.kind, options.algorithm)
+    check = getattr(backend, "check_requested", None)
+    if check is not None:
+        check(options.requested)
+    return backend
+
+
+def run_env(engine: sa.Engine, snapshot: Snapshot, options: RunOptions, device: Device,
+            backend: ModuleType, reporter: Reporter, kept_dir: Path | None = None) -> RunEnv:
+    return RunEnv(engine, snapshot, options, device, backend, reporter,
+                  available_memory(backend, options.memory_budget, options.gpu_memory), kept_dir)
 
 
 def cluster_database(db: str, options: RunOptions, reporter: Reporter | None = None) -> RunSummary:
@@ -159,21 +219,41 @@ def cluster_database(db: str, options: RunOptions, reporter: Reporter | None = N
     snapshot = Snapshot(engine)  # the survey and every read see the same rows
     try:
         device = resolve_device(options.device)
-        backend = load_backend(device.kind, options.algorithm)
-        check_explicit_params(backend, options.requested)
+        backend = open_backend(device, options)
         log.info("device: %s (%s); backend: %s", device.kind, device.why, backend.NAME)
+        env = run_env(engine, snapshot, options, device, backend, reporter, kept_dir)
         place = "survey"
         surveys = survey_models(snapshot, options.models, reporter)
         for i, (model, s) in enumerate(surveys.items(), 1):
             log.info("model %d/%d: %s", i, len(surveys), model)
             place, clock = model, ModelClock()
-            outcomes.append(cluster_model(engine, s, options, device, backend, reporter, clock,
-                                          snapshot=snapshot, kept_dir=kept_dir))
+            outcomes.append(cluster_model(s, env, clock))
             log_outcome(outcomes[-1])
         return RunSummary(outcomes)
     except (KeyboardInterrupt, DatabaseError) as exc:
         log_stop(exc, f"{place}: {clock.stage}" if clock else place, outcomes)
         raise
+    finally:
+        snapshot.close()
+        engine.dispose()
+
+
+def run_model(db: str, model: str, options: RunOptions,
+              reporter: Reporter | None = None) -> ModelOutcome:
+    """Cluster and store one model of ``db``: plain data in (a database URL, a model
+    name, options), a compact outcome out, as a scale-out worker needs. Raises what
+    ``cluster_database`` raises."""
+    reporter = reporter or Reporter()
+    engine = open_database(db, write=True, lock_timeout_s=options.lock_timeout,
+                           lock_heartbeat_s=max(reporter.heartbeat_s, 1.0))
+    target = parse_target(db)
+    snapshot = Snapshot(engine)
+    try:
+        device = resolve_device(options.device)
+        env = run_env(engine, snapshot, options, device, open_backend(device, options), reporter,
+                      pending.pending_dir(target.label, target.sqlite_path))
+        survey = survey_models(snapshot, (model,), reporter)[model]
+        return cluster_model(survey, env)
     finally:
         snapshot.close()
         engine.dispose()
@@ -188,8 +268,7 @@ def check_run(db: str, options: RunOptions) -> tuple[Device, dict[str, ModelSurv
     engine = open_database(db, write=True, lock_timeout_s=options.lock_timeout)
     try:
         device = resolve_device(options.device)
-        backend = load_backend(device.kind, options.algorithm)
-        check_explicit_params(backend, options.requested)
+        open_backend(device, options)
         with database_errors("surveying the embeddings"), engine.connect() as conn:
             return device, requested_surveys(survey_embeddings(conn, None), options.models)
     finally:
@@ -219,56 +298,93 @@ def log_outcome(o: ModelOutcome) -> None:
         log.warning("%s: %s: %s", o.model, o.status.upper(), o.reason)
 
 
-def available_memory(device: Device, options: RunOptions) -> int:
-    """Bytes a fit may plan with: free GPU memory, or the host budget."""
-    if device.kind == "gpu":
-        from .gpu_memory import free_device_memory
-
-        return options.gpu_memory or free_device_memory()
-    return options.memory_budget or default_host_budget()
+# ------------------------------------------------------------------ the stages
 
 
-def cluster_model(
-    engine: sa.Engine, survey: ModelSurvey, options: RunOptions, device: Device,
-    backend: ModuleType, reporter: Reporter, clock: ModelClock | None = None,
-    snapshot: Snapshot | None = None, kept_dir: Path | None = None,
-) -> ModelOutcome:
+def plan_stage(survey: ModelSurvey, env: RunEnv) -> ModelWork:
+    """Plan the model from its survey (counts only): the parameters it will be fitted
+    with, or why it is skipped (mostly unusable rows, too few) or fails (memory)."""
+    plan = plan_model(survey.selection(env.options.downsample), env.options.requested,
+                      env.backend, env.available, batch_size=env.options.batch_size)
+    if reason := mostly_unusable_reason(plan.selection):
+        plan = replace(plan, skip_reason=reason)
+    return ModelWork(survey, plan)
+
+
+def check_plan(plan: ModelPlan) -> None:
+    """Raise ModelSkipped or MemoryBudgetError when the plan says the fit cannot run."""
+    if plan.skip_reason:
+        raise ModelSkipped(plan.skip_reason)
+    if plan.failure:
+        raise MemoryBudgetError(plan.failure)
+
+
+def read_stage(work: ModelWork, env: RunEnv) -> None:
+    """Read the planned rows (into a device array on a GPU); plan again only when the read
+    dropped rows. Raises ModelSkipped (mostly unusable, too few) or MemoryBudgetError."""
+    work.loaded = read_selection(env.snapshot, work.plan.selection, env.options, env.device,
+                                 env.reporter)
+    if reason := mostly_unusable_reason(work.plan.selection, work.loaded.skipped):
+        raise ModelSkipped(reason)
+    work.plan = plan_for_rows(work.plan, work.loaded.n, env.options.requested, env.backend,
+                              env.available, env.options.batch_size)
+    check_plan(work.plan)
+    log.info("%s: %s", work.model, work.plan.memory.reason)
+
+
+def normalise_stage(work: ModelWork, env: RunEnv) -> None:
+    """L2-normalise the rows in place."""
+    normalise_rows(work.loaded.vectors)
+
+
+def cluster_stage(work: ModelWork, env: RunEnv) -> None:
+    """The backend's fit with the plan's parameters (isolated: see isolation.py)."""
+    work.labels = fit(env.backend, work.loaded, work.plan, env.reporter)
+
+
+def medoids_stage(work: ModelWork, env: RunEnv) -> None:
+    """Each cluster's medoid row."""
+    work.medoid_rows = find_medoids(work.loaded, work.labels, env.reporter)
+
+
+COMPUTE_STAGES = (("normalise", normalise_stage), ("cluster", cluster_stage),
+                  ("medoids", medoids_stage))
+
+
+def write_stage(computed: PendingResult, env: RunEnv) -> str:
+    """Store ``computed`` in one transaction; keep it beside the database if that fails."""
+    return write_model(env.engine, computed, env.options, env.reporter, env.kept_dir)
+
+
+# ------------------------------------------------------------------ the local runner
+
+
+def cluster_model(survey: ModelSurvey, env: RunEnv, clock=None) -> ModelOutcome:
     """Run one model through every stage; never raises for a skip or a failed fit.
 
-    ``clock`` (optional) receives the per-stage seconds and the stage running now;
-    ``snapshot`` is the one the survey was taken in (default: a fresh one).
-    ``kept_dir`` holds results computed earlier but not stored (pending.py): one that
-    matches this run's rows and parameters is stored instead of fitting again, and this
-    run's result is kept there if it cannot be stored.
+    ``clock`` (default a fresh :class:`ModelClock`) times each stage and knows the one
+    running now. A result computed earlier but not stored (``env.kept_dir``, pending.py)
+    for the same rows and parameters is stored instead of fitting again, and this run's
+    result is kept there if it cannot be stored.
     """
     clock = clock or ModelClock()
-    snapshot = snapshot or Snapshot(engine)
     seconds = clock.seconds
-    available = available_memory(device, options)
-    plan = plan_model(survey, options.downsample, options.requested, backend, available)
-    sel = plan.selection
+    work = plan_stage(survey, env)
+    sel = work.plan.selection
     log.info("%s: %d embeddings, %d selected (%s); skipped at selection: %d wrong length "
              "(blob not 4*%d bytes), %d NULL, %d without invocation", survey.model,
              survey.total, sel.expected_rows, sel.rule, sel.wrong_length, sel.dim,
              sel.null_vectors, survey.orphans)
     try:
-        if reason := mostly_unusable_reason(sel) or plan.skip_reason:
-            raise ModelSkipped(reason)
-        if plan.failure:  # known before reading a single vector
-            raise MemoryBudgetError(plan.failure)
-        loaded = clock.run("read", lambda: read_model(snapshot, plan, options, device, reporter))
-        if reason := mostly_unusable_reason(sel, loaded.skipped):
-            raise ModelSkipped(reason)
-        if reason := P.too_few_reason(loaded.n, P.resolve(options.requested, loaded.n)):
-            raise ModelSkipped(reason)
-        params, memory = fit_params(options.requested, loaded.n, sel.dim, backend, available)
-        log.info("%s: %s", survey.model, memory.reason)
-        key = pending.result_key(survey.model, sel.factor, sel.rule,
-                                 pending.fingerprint(loaded.ids, loaded.vectors), backend.NAME,
-                                 params.as_dict())
-        note_identical_results(engine, key, options.replace)
-        computed = kept_result(engine, kept_dir, key) or compute(
-            loaded, plan, params, memory, key, device, backend, reporter, clock)
+        check_plan(work.plan)  # known before reading a single vector
+        clock.run("read", lambda: read_stage(work, env))
+        key = result_key(work, env)
+        note_identical_results(env.engine, key, env.options.replace)
+        computed = kept_result(env.engine, env.kept_dir, key)
+        if computed is None:
+            for name, stage in COMPUTE_STAGES:
+                clock.run(name, lambda: stage(work, env))
+            computed = result_of(work, env, key, seconds)
     except ModelSkipped as skip:
         return ModelOutcome(survey.model, "skipped", skip.reason, seconds=seconds)
     except MemoryBudgetError as exc:
@@ -278,25 +394,30 @@ def cluster_model(
         log.error("%s: clustering failed: %s", survey.model, reason)
         log.debug("%s: the failure in detail", survey.model, exc_info=True)
         return ModelOutcome(survey.model, "failed", reason, seconds=seconds)
-    result_id = clock.run("write", lambda: write_model(engine, computed, options, reporter, kept_dir))
+    result_id = clock.run("write", lambda: write_stage(computed, env))
     labels_out = computed.labels
     return ModelOutcome(survey.model, "clustered", "", int(labels_out.shape[0]),
                         int(computed.medoid_rows.shape[0]), int((labels_out == -1).sum()),
                         result_id, seconds)
 
 
-def compute(loaded: LoadedVectors, plan: ModelPlan, params: P.HdbscanParams, memory, key: dict,
-            device: Device, backend: ModuleType, reporter: Reporter,
-            clock: ModelClock) -> PendingResult:
-    """Normalise, fit, find medoids: the result to store, with its parameters JSON."""
-    clock.run("normalise", lambda: normalise_rows(loaded.vectors))
-    labels = clock.run("cluster", lambda: fit(backend, loaded, params, plan, reporter))
-    medoids = clock.run("medoids", lambda: find_medoids(loaded, labels, reporter))
-    parameters = stored_parameters(plan, params, loaded, labels, device, backend, clock.seconds)
-    parameters["memory_plan"] = memory.as_dict()
+def result_key(work: ModelWork, env: RunEnv) -> dict:
+    """What identifies a result: model, selection, the rows' fingerprint, backend, params."""
+    sel = work.plan.selection
+    return pending.result_key(work.model, sel.factor, sel.rule,
+                              pending.fingerprint(work.loaded.ids, work.loaded.vectors),
+                              env.backend.NAME, work.plan.params.as_dict())
+
+
+def result_of(work: ModelWork, env: RunEnv, key: dict, seconds: dict) -> PendingResult:
+    """The result to store, with its parameters JSON (the plan's memory_plan included)."""
+    parameters = stored_parameters(work.plan, work.loaded, work.labels, env.device,
+                                   env.backend, seconds)
+    parameters["memory_plan"] = work.plan.memory.as_dict()
     parameters["selection_fingerprint"] = key["fingerprint"]
-    return PendingResult(key, loaded.ids, to_host(labels.labels), to_host(labels.probabilities),
-                         medoids, parameters, new_ids.hex())
+    return PendingResult(key, work.loaded.ids, to_host(work.labels.labels),
+                         to_host(work.labels.probabilities), work.medoid_rows, parameters,
+                         new_ids.hex())
 
 
 def note_identical_results(engine: sa.Engine, key: dict, replace: bool) -> None:
@@ -392,11 +513,6 @@ def kept_text(model: str, path: Path) -> str:
             f"command, or `gpu-cluster store-pending DB`, stores it without computing it again")
 
 
-def read_model(snapshot: Snapshot, plan: ModelPlan, options: RunOptions, device: Device,
-               reporter) -> LoadedVectors:
-    return read_selection(snapshot, plan.selection, options, device, reporter)
-
-
 def read_selection(snapshot: Snapshot, sel, options: RunOptions, device: Device,
                    reporter) -> LoadedVectors:
     with reporter.stage(f"{sel.model}: read", total=sel.expected_rows) as st:
@@ -406,11 +522,10 @@ def read_selection(snapshot: Snapshot, sel, options: RunOptions, device: Device,
                                     device=device.kind, stage=st)
 
 
-def fit(backend, loaded: LoadedVectors, params: P.HdbscanParams, plan: ModelPlan, reporter) -> Labels:
+def fit(backend, loaded: LoadedVectors, plan: ModelPlan, reporter) -> Labels:
     """The backend's fit, isolated (see isolation.py) so heartbeats and signals go on."""
-    estimate_s, _ = backend.estimate(loaded.n, plan.selection.dim, params)
-    with reporter.stage(f"{plan.model}: cluster", unit="fit", estimate_s=estimate_s):
-        return isolation.fit(backend, loaded.vectors, params)
+    with reporter.stage(f"{plan.model}: cluster", unit="fit", estimate_s=plan.fit_seconds):
+        return isolation.fit(backend, loaded.vectors, plan.params)
 
 
 def find_medoids(loaded: LoadedVectors, labels: Labels, reporter):
@@ -419,11 +534,12 @@ def find_medoids(loaded: LoadedVectors, labels: Labels, reporter):
                               on_cluster=st.advance)
 
 
-def stored_parameters(plan, params, loaded, labels, device, backend, seconds) -> dict:
+def stored_parameters(plan: ModelPlan, loaded: LoadedVectors, labels: Labels, device: Device,
+                      backend: ModuleType, seconds: dict) -> dict:
     """The ``parameters`` JSON: enough to reproduce and judge the run."""
     sel = plan.selection
     return {
-        **params.as_dict(),
+        **plan.params.as_dict(),
         "normalised": True,
         "downsample": sel.factor,
         "selection_rule": sel.rule,
@@ -445,13 +561,6 @@ def stored_parameters(plan, params, loaded, labels, device, backend, seconds) ->
     }
 
 
-def check_explicit_params(backend: ModuleType, requested: P.RequestedParams) -> None:
-    """Refuse, before any work, an explicit value the backend can never accept."""
-    check = getattr(backend, "check_requested", None)
-    if check is not None:
-        check(requested)
-
-
 def plan_database(
     db: str, *, downsample: int = 1, models: tuple[str, ...] = (), device: str = "auto",
     algorithm: str | None = None, requested: P.RequestedParams | None = None,
@@ -460,26 +569,24 @@ def plan_database(
 ) -> tuple[Device, list[ModelPlan]]:
     """Plan every (or each requested) model of ``db``; reads counts only, writes nothing.
 
-    ``device='gpu'`` with ``gpu_memory`` plans for a GPU of that size even on a machine
-    without one.
+    Each plan is the one a run makes (``plan_stage``). ``device='gpu'`` with
+    ``gpu_memory`` plans for a GPU of that size even on a machine without one.
     """
-    P.validate(downsample=downsample, lock_timeout=lock_timeout)
-    requested = requested or P.RequestedParams()
+    options = RunOptions(downsample=downsample, models=models, device=device,
+                         algorithm=algorithm, requested=requested or P.RequestedParams(),
+                         memory_budget=memory_budget, gpu_memory=gpu_memory,
+                         lock_timeout=lock_timeout)
     engine = open_database(db, write=False, lock_timeout_s=lock_timeout)
     try:
         if device == "gpu" and gpu_memory:
             dev = Device("gpu", f"planning for a GPU with {gpu_memory / 2**30:.1f} GiB", "planned")
         else:
             dev = resolve_device(device)
-        backend = load_backend(dev.kind, algorithm)
-        check_explicit_params(backend, requested)
-        available = available_memory(dev, RunOptions(memory_budget=memory_budget,
-                                                     gpu_memory=gpu_memory))
+        env = run_env(engine, Snapshot(engine), options, dev, open_backend(dev, options),
+                      Reporter())
         with database_errors("surveying the embeddings"), engine.connect() as conn:
             surveys = requested_surveys(survey_embeddings(conn, None), models)
-        plans = [plan_model(s, downsample, requested, backend, available) for s in surveys.values()]
-        return dev, [replace(p, skip_reason=mostly_unusable_reason(p.selection) or p.skip_reason)
-                     for p in plans]
+        return dev, [plan_stage(s, env).plan for s in surveys.values()]
     finally:
         engine.dispose()
 

@@ -1,7 +1,11 @@
-"""What a run would do, from counts alone: selected n, parameters, memory and time.
+"""The plan of one model: parameters resolved once, memory and time, from counts alone.
 
-The same planning step runs before each fit (with the n actually read), so ``plan``
-shows exactly the min_samples cap a run will apply.
+:func:`plan_model` is the one place where a model's parameters are resolved: the
+defaults for n, then min_samples within the backend's memory figure and limits (the
+backend's ``plan_params``, built on its ``peak_bytes(n, dim, min_samples)``). Its
+:class:`ModelPlan` is what ``gpu-cluster plan`` prints, what a run fits with, and what
+``parameters.memory_plan`` stores. A run plans before reading (with the surveyed n) and
+plans again only if the read dropped rows (then n differs).
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from dataclasses import dataclass, replace
 from types import ModuleType
 
 from . import params as P
-from .budget import MemoryBudgetError, MemoryPlan
-from .selection import ModelSurvey, Selection
+from .budget import MemoryBudgetError, MemoryPlan, default_host_budget
+from .selection import Selection
+from .staging import STAGING_BUFFERS
 
 # Read rates measured on a 200k x 768 SQLite file on this project's machine (cpu_facts).
 PLAIN_SCAN_ROWS_PER_S = 600_000
@@ -21,14 +26,18 @@ ID_BYTES = 32
 
 @dataclass(frozen=True)
 class ModelPlan:
-    """The plan for one model at one downsample factor.
+    """The plan for one model at one downsample factor, for n rows.
 
-    host_bytes / device_bytes: estimated peaks (device_bytes 0 on the CPU).
-    skip_reason: why the model will be skipped (too few vectors), else None.
-    failure: why its fit cannot fit in memory, else None.
+    params: the parameters the fit uses (min_samples within memory), None when the model
+    has no readable rows. memory: how min_samples was chosen (stored as
+    ``parameters.memory_plan``). host_bytes / device_bytes: estimated peaks (device_bytes
+    0 on the CPU). skip_reason: why the model is skipped, else None. failure: why its fit
+    cannot fit in memory, else None.
     """
 
-    selection: Selection
+    model: str
+    selection: Selection | None  # None for rows not from a database (benchmarks' synthetic)
+    n: int
     params: P.HdbscanParams | None
     skip_reason: str | None
     memory: MemoryPlan | None
@@ -39,47 +48,68 @@ class ModelPlan:
     failure: str | None = None
 
     @property
-    def model(self) -> str:
-        return self.selection.model
-
-    @property
-    def n(self) -> int:
-        return self.selection.expected_rows
+    def ready(self) -> bool:
+        """Parameters and memory are settled: the model can be fitted."""
+        return self.skip_reason is None and self.failure is None and self.memory is not None
 
 
-def fit_params(
-    requested: P.RequestedParams, n: int, dim: int, backend: ModuleType, available: int
-) -> tuple[P.HdbscanParams, MemoryPlan]:
-    """Parameters for n rows, with min_samples capped to fit ``available`` bytes.
+def available_memory(backend: ModuleType, memory_budget: int | None = None,
+                     gpu_memory: int | None = None) -> int:
+    """Bytes a fit may plan with: the given GPU memory or host budget, else the backend's
+    default (free device memory on a GPU, 45% of the RAM on the CPU)."""
+    given = gpu_memory if backend.DEVICE == "gpu" else memory_budget
+    if given:
+        return given
+    default = getattr(backend, "free_memory", None)
+    return default() if default is not None else default_host_budget()
 
-    Raises MemoryBudgetError when nothing fits or an explicit min_samples does not.
+
+def plan_model(sel: Selection, requested: P.RequestedParams, backend: ModuleType,
+               available: int, *, n: int | None = None,
+               batch_size: int = P.DEFAULT_BATCH_SIZE) -> ModelPlan:
+    """Plan one selection for ``n`` rows (default: the surveyed count).
+
+    ``available``: bytes of the backend's memory (host budget or free GPU memory).
+    ``batch_size``: rows per read batch (a GPU read's pinned buffers hold two).
     """
-    params = P.resolve(requested, n)
-    memory = backend.plan_params(params, n, dim, available=available,
-                                 explicit=requested.min_samples is not None)
-    return replace(params, min_samples=memory.min_samples), memory
-
-
-def plan_model(
-    survey: ModelSurvey, factor: int, requested: P.RequestedParams, backend: ModuleType,
-    available: int,
-) -> ModelPlan:
-    """Plan one model: skip reason or parameters, with memory (bytes) and time (s)."""
-    sel = survey.selection(factor)
-    n, dim = sel.expected_rows, sel.dim
-    if survey.layout is None or dim == 0:
-        return ModelPlan(sel, None, "no readable embeddings with an invocation", None, 0, 0, 0.0, 0.0)
+    n = sel.expected_rows if n is None else n
+    if sel.survey.layout is None or sel.dim == 0:
+        return ModelPlan(sel.model, sel, n, None, "no readable embeddings with an invocation",
+                         None, 0, 0, 0.0, 0.0)
     rate = JOIN_SCAN_ROWS_PER_S if sel.needs_join else PLAIN_SCAN_ROWS_PER_S
-    read_s = n / rate
-    params = P.resolve(requested, n)
-    reason = P.too_few_reason(n, params)
-    if reason:
-        return ModelPlan(sel, params, reason, None, 0, 0, read_s, 0.0)
+    return plan_rows(sel.model, n, sel.dim, requested, backend, available, selection=sel,
+                     read_seconds=n / rate, batch_size=batch_size)
+
+
+def plan_rows(model: str, n: int, dim: int, requested: P.RequestedParams, backend: ModuleType,
+              available: int, *, selection: Selection | None = None, read_seconds: float = 0.0,
+              batch_size: int = P.DEFAULT_BATCH_SIZE) -> ModelPlan:
+    """Plan a fit of n x dim rows: resolve the parameters (once), choose min_samples within
+    the backend's memory and limits, and estimate its peaks and seconds."""
+    plan = ModelPlan(model, selection, n, P.resolve(requested, n), None, None, 0, 0,
+                     read_seconds, 0.0)
+    if reason := P.too_few_reason(n, plan.params):
+        return replace(plan, skip_reason=reason)
     try:
-        params, memory = fit_params(requested, n, dim, backend, available)
+        memory = backend.plan_params(plan.params, n, dim, available=available,
+                                     explicit=requested.min_samples is not None)
     except MemoryBudgetError as exc:
-        return ModelPlan(sel, params, None, None, 0, 0, read_s, 0.0, failure=str(exc))
-    fit_s, fit_bytes = backend.estimate(n, dim, params)
-    if backend.DEVICE == "gpu":  # host keeps ids and two pinned staging buffers
-        return ModelPlan(sel, params, None, memory, ID_BYTES * n, fit_bytes, read_s, fit_s)
-    return ModelPlan(sel, params, None, memory, fit_bytes + ID_BYTES * n, 0, read_s, fit_s)
+        return replace(plan, failure=str(exc))
+    params = replace(plan.params, min_samples=memory.min_samples)
+    fit_s, _ = backend.estimate(n, dim, params)
+    fit_bytes = memory.planned_bytes  # the backend's peak_bytes at the chosen min_samples
+    if backend.DEVICE == "gpu":  # host: ids, and the read's pinned staging buffers
+        host = ID_BYTES * n + STAGING_BUFFERS * min(batch_size, n) * dim * 4
+        return replace(plan, params=params, memory=memory, host_bytes=host,
+                       device_bytes=fit_bytes, fit_seconds=fit_s)
+    return replace(plan, params=params, memory=memory, host_bytes=fit_bytes + ID_BYTES * n,
+                   fit_seconds=fit_s)
+
+
+def plan_for_rows(plan: ModelPlan, n: int, requested: P.RequestedParams, backend: ModuleType,
+                  available: int, batch_size: int = P.DEFAULT_BATCH_SIZE) -> ModelPlan:
+    """``plan`` for the n rows actually read: itself when n is the planned n, else planned
+    again (the read dropped rows with NaN/inf or zero vectors)."""
+    if n == plan.n:
+        return plan
+    return plan_model(plan.selection, requested, backend, available, n=n, batch_size=batch_size)

@@ -17,6 +17,9 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+from .params import validate
+from .signals import held, start_quiet
+
 log = logging.getLogger("gpu_cluster")
 
 DEFAULT_HEARTBEAT_S = 10.0
@@ -31,15 +34,6 @@ def format_seconds(seconds: float) -> str:
         return f"{minutes}m{sec:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m{sec:02d}s"
-
-
-def format_bytes(n: float) -> str:
-    """'512 B' / '3.4 MiB' / '12.0 GiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 class Stage:
@@ -82,6 +76,7 @@ class Reporter:
     """Base reporter: logs each stage's start and end, and heartbeats in between."""
 
     def __init__(self, heartbeat_s: float = DEFAULT_HEARTBEAT_S):
+        validate(heartbeat=heartbeat_s)  # CONSTRAINTS: at 0 or below the heartbeat would spin
         self.heartbeat_s = heartbeat_s
 
     @contextmanager
@@ -93,8 +88,7 @@ class Reporter:
         size = f" ({total:,} {unit})" if total else ""
         log.info("%s: started%s", name, size)
         stop = threading.Event()
-        beat = threading.Thread(target=self._beat, args=(st, stop), daemon=True)
-        beat.start()
+        beat = start_quiet(threading.Thread(target=self._beat, args=(st, stop), daemon=True))
         self._open(st)
         try:
             yield st
@@ -149,7 +143,8 @@ class RichReporter(Reporter):
 
     def _open(self, st: Stage) -> None:
         if not self._live:  # started once, at the first stage, and kept until close()
-            self._progress.start()
+            with held():  # its refresh thread inherits the blocked stop signals
+                self._progress.start()
             self._live = True
         self._tasks[id(st)] = self._progress.add_task(st.name, total=st.total, rate="")
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from .backends import NOISE
+from .labels import NOISE
 from .database import database_errors, write_connection
 from .errors import ParameterError, UnknownName
 from .schema import clusteringresult, embeddingcluster

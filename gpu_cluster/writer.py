@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import sqlalchemy as sa
 
-from .backends import NOISE
+from .labels import NOISE
 from .database import database_errors, write_connection
 from .ids import dashed, new_ids
 from .progress import Stage
@@ -102,7 +102,8 @@ def write_result(
     this result written) on a full disk, a lock held past the lock timeout, or any
     other driver error.
     """
-    assert result.labels.min(initial=0) >= NOISE
+    if result.labels.min(initial=0) < NOISE:
+        raise ValueError(f"{result.model}: labels below NOISE ({NOISE}) cannot be stored")
     result_id = result_id or new_ids.hex()
     medoid_ids = [result.ids[r].decode() for r in result.medoid_rows]
     doing = f"writing {result.model}'s results"

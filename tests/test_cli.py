@@ -194,3 +194,12 @@ def test_demo_db_in_a_missing_folder_is_one_line(tmp_path):
     assert res.exit_code == 2
     assert res.output == (f"gpu-cluster: error: cannot create {tmp_path}/no/dir/x.sqlite: "
                           f"folder {tmp_path}/no/dir does not exist\n")
+
+
+@pytest.mark.parametrize("seconds", [0, -1.0, float("nan")])
+def test_a_reporter_refuses_a_heartbeat_that_would_spin(seconds):
+    from gpu_cluster.errors import ParameterError
+    from gpu_cluster.progress import Reporter
+
+    with pytest.raises(ParameterError, match=r"--heartbeat .*: must be a number of seconds > 0"):
+        Reporter(heartbeat_s=seconds)

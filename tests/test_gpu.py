@@ -11,7 +11,7 @@ from helpers import blobs
 from sklearn.metrics import adjusted_rand_score
 
 from gpu_cluster.device import gpu_status
-from gpu_cluster.gpu_memory import GIB, GpuMemoryError, free_device_memory, plan_min_samples
+from gpu_cluster.backends.cuml_memory import GIB, GpuMemoryError, free_device_memory, plan_min_samples
 from gpu_cluster.medoids import medoid_indices, weighted_distance_sums
 from gpu_cluster.params import HdbscanParams
 

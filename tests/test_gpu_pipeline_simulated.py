@@ -15,7 +15,8 @@ import pytest
 from sklearn.cluster import HDBSCAN
 from sklearn.metrics import adjusted_rand_score
 
-from gpu_cluster import gpu_memory, pipeline, staging
+from gpu_cluster import pipeline, staging
+from gpu_cluster.backends import cuml_memory as gpu_memory
 from gpu_cluster.budget import GIB
 from gpu_cluster.device import Device
 from gpu_cluster.pipeline import RunOptions, cluster_database

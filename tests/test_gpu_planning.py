@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from gpu_cluster.errors import ParameterError
-from gpu_cluster.gpu_memory import (
+from gpu_cluster.backends.cuml_memory import (
     GIB,
     GpuMemoryError,
     index_limit,
@@ -89,7 +89,7 @@ def test_explicit_value_that_fits_is_kept():
 
 @pytest.mark.parametrize("value", [1, 1025, 5000])
 def test_explicit_value_outside_cumls_range_is_a_parameter_error(value):
-    with pytest.raises(ParameterError, match=rf"--min-samples {value}: on the GPU it must be "
+    with pytest.raises(ParameterError, match=rf"min_samples={value} cannot run on the GPU: it must be "
                        r"from 2 to 1024 \(cuML's 1\.\.1023"):
         plan_min_samples(1000, DIM, value, 80 * GIB, explicit=True)
 
@@ -110,7 +110,7 @@ def test_parse_bytes_refuses_garbage(text):
 
 
 def test_gpu_modules_import_without_cupy_or_cuml():
-    code = ("import sys, gpu_cluster.gpu_memory, gpu_cluster.staging, "
+    code = ("import sys, gpu_cluster.backends.cuml_memory, gpu_cluster.staging, "
             "gpu_cluster.backends.cuml_gpu; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('cupy', 'cuml')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

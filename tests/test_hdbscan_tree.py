@@ -139,6 +139,7 @@ def test_random_trees_equal_sklearn(chunk):
 
 
 @oracle
+@pytest.mark.slow
 def test_point_set_trees_equal_sklearn():
     rng = np.random.default_rng(7)
     for i in range(REAL_SETS):
@@ -266,6 +267,7 @@ def test_min_cluster_size_below_two_is_refused():
         ht.hdbscan_labels(np.array([0]), np.array([1]), np.array([1.0]), 1)
 
 
+@pytest.mark.slow
 def test_large_single_cluster_is_fast():
     """200k points selected as one cluster: scikit-learn's O(n^2) labelling takes minutes."""
     rng = np.random.default_rng(0)

@@ -14,7 +14,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import pytest
 from helpers import raw
+
+pytestmark = pytest.mark.slow  # kills a real run at random points
 
 # The real CLI, with each membership chunk slowed down (in this test's child process
 # only) so that a kill can land inside the write transaction: 15 chunks of 100 rows,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from gpu_cluster import knn
+from gpu_cluster.backends import knn_search as knn
 from gpu_cluster.backends import dense_mst, knn_graph, reference
 from gpu_cluster.budget import GIB, MemoryBudgetError
 from gpu_cluster.params import HdbscanParams, RequestedParams, resolve
@@ -37,6 +37,7 @@ def test_small_inputs_use_the_exact_dense_mst_and_equal_the_reference():
     np.testing.assert_allclose(ours.probabilities, ref.probabilities, atol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_true_knn_graph_parity(monkeypatch, seed):
     """The kNN path proper (no complete graph): ARI >= 0.98 against the reference."""
@@ -47,6 +48,7 @@ def test_true_knn_graph_parity(monkeypatch, seed):
     assert ari >= 0.98 and ref.n_clusters > 3
 
 
+@pytest.mark.slow
 def test_approximate_search_parity(monkeypatch):
     monkeypatch.setattr(dense_mst, "DENSE_MAX_ROWS", 0)
     monkeypatch.setattr(knn, "EXACT_MAX_ROWS", 100)

@@ -18,6 +18,8 @@ from gpu_cluster.cli import main
 from helpers import raw
 from test_reliability import lock_held, rollback_journal
 
+pytestmark = pytest.mark.slow  # every command against every bad database, as subprocesses
+
 
 def corrupt(path: Path, demo: Path, keep: int) -> None:
     """The demo's first ``keep`` bytes intact, the rest overwritten."""

@@ -101,6 +101,7 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_store_pending_stores_what_still_matches_and_leaves_the_rest(demo_db):
     nomic = keep_under_lock(demo_db, RunOptions(downsample=10, models=("Nomic",), device="cpu"))
     mpnet = keep_under_lock(demo_db, RunOptions(downsample=10, models=("STSBMpnet",),

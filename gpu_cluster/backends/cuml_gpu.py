@@ -12,16 +12,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ParameterError
-from ..gpu_memory import CUML_MIN_SAMPLES_MAX, peak_bytes, plan_min_samples
+from . import cuml_memory
+from .cuml_memory import check_min_samples, peak_bytes, plan_min_samples
 from ..params import HdbscanParams
-from ..progress import format_bytes
-from . import Labels
+from ..budget import format_bytes
+from ..labels import Labels
 
 NAME = "cuml"
 DEVICE = "gpu"
 
 # Up to this many rows the kNN graph is built by brute force: exact, so the labels
-# match the CPU reference (the parity test), and the build gpu_memory's formula was
+# match the CPU reference (the parity test), and the build cuml_memory's formula was
 # measured for, which covers this project's largest model (~1.1M rows). Its cost is
 # 2*n^2*d flops: ~1.9e15 at n = 1.1M, d = 768, minutes at ~10 TFLOP/s sustained
 # (estimated, not measured here), but quadratic: 4x that at 2.2M and growing. Past the
@@ -40,14 +41,8 @@ def cuml_min_samples(min_samples: int) -> int:
 
     scikit-learn k <-> cuML k - 1, which cuML requires in 1..1023.
     """
-    translated = min_samples - 1
-    if not 1 <= translated <= CUML_MIN_SAMPLES_MAX:
-        raise ParameterError(
-            f"min_samples={min_samples} cannot run on the GPU: cuML needs 1 <= min_samples "
-            f"<= {CUML_MIN_SAMPLES_MAX} without counting the point itself, i.e. 2.."
-            f"{CUML_MIN_SAMPLES_MAX + 1} in this tool's (scikit-learn's) convention"
-        )
-    return translated
+    check_min_samples(min_samples)
+    return min_samples - 1
 
 
 def build_algo_for(n: int) -> str:
@@ -159,6 +154,11 @@ def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
     return seconds, peak_bytes(n, dim, params.min_samples)
 
 
+def free_memory() -> int:
+    """Bytes a fit may plan with by default: the device's free memory."""
+    return cuml_memory.free_device_memory()
+
+
 def plan_params(params: HdbscanParams, n: int, dim: int, *, available: int, explicit: bool):
-    """min_samples within free GPU memory and cuML's limits (see gpu_cluster.gpu_memory)."""
+    """min_samples within free GPU memory and cuML's limits (see backends/cuml_memory.py)."""
     return plan_min_samples(n, dim, params.min_samples, available, explicit=explicit)

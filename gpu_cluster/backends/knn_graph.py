@@ -5,8 +5,10 @@ Steps, for (n, d) unit rows ``x``:
 1. group identical rows; work on the m distinct vectors, each with its multiplicity;
 2. up to ``dense_mst.DENSE_MAX_ROWS`` distinct rows: the exact mutual-reachability MST
    (Prim on the dense distance matrix), then step 6; above:
-3. k nearest distinct neighbours (exact below ``knn.EXACT_MAX_ROWS`` rows, faiss HNSW
-   above; rows whose list comes back short are searched exactly); core distance of a distinct vector: the distance at which its neighbourhood —
+3. k nearest distinct neighbours (``knn_search``: exact blocked NumPy GEMM up to
+   ``EXACT_MAX_ROWS`` rows, faiss HNSW above; rows whose list comes back short are
+   searched exactly); core distance of a distinct vector: the distance at which its
+   neighbourhood —
    itself and its copies first, then its neighbours with theirs — holds ``min_samples``
    points (scikit-learn's convention: the point counts itself);
 4. mutual reachability ``max(core_i, core_j, d_ij)`` on the symmetrised kNN graph;
@@ -28,14 +30,16 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse import csgraph
 
-from .. import knn
-from ..budget import plan_linear
+from ..budget import default_host_budget, plan_linear
+from ..labels import Labels
 from ..params import HdbscanParams
-from . import Labels, component_joins, dense_mst
+from . import component_joins, dense_mst
+from . import knn_search as knn
 from .hdbscan_tree import hdbscan_labels
 
 NAME = "knn"
 DEVICE = "cpu"
+after_fork = knn.after_fork  # the fit child's hook (isolation.py): faiss's OpenMP pool
 
 MIN_GRAPH_K = 32  # neighbours per distinct point, at least (ARI 0.971 at 16, 0.985 at 32 = exact MST, on MiniLM vectors)
 EDGE_FLOOR = 1e-12  # scipy's MST treats a stored 0 as "no edge"; distinct points are > 0 apart
@@ -178,21 +182,34 @@ BYTES_PER_NEIGHBOUR = 96
 
 
 def memory_model(n: int, dim: int) -> tuple[int, int]:
-    """(fixed, per-min_samples) peak host bytes of a fit, including the float32 input.
+    """(fixed, per-neighbour) peak host bytes of a fit, including the float32 input.
 
     The input and the distinct-row copy are fixed, and so is the larger of HNSW's links
     and the dense path's matrix (used while the distinct rows are few, which a plan cannot
-    know); the kNN graph grows with k (at least MIN_GRAPH_K, which plans ignore below it).
+    know); the kNN graph grows with the neighbours searched, ``graph_k``.
     """
     dense = dense_mst.matrix_bytes(min(n, dense_mst.DENSE_MAX_ROWS))
     return 2 * 4 * n * dim + max(2 * knn.HNSW_M * 4 * n, dense), BYTES_PER_NEIGHBOUR * n
+
+
+def peak_bytes(n: int, dim: int, min_samples: int) -> int:
+    """Planned peak host bytes of one fit: the graph holds ``max(min_samples, MIN_GRAPH_K)``
+    neighbours per point, so a min_samples below MIN_GRAPH_K costs as much as MIN_GRAPH_K."""
+    fixed, per_k = memory_model(n, dim)
+    return fixed + per_k * max(min_samples, MIN_GRAPH_K)
 
 
 def plan_params(params: HdbscanParams, n: int, dim: int, *, available: int, explicit: bool):
     """min_samples within the host memory budget (see gpu_cluster.budget)."""
     fixed, per_k = memory_model(n, dim)
     return plan_linear(params.min_samples, explicit=explicit, n=n, dim=dim, fixed=fixed,
-                       per_k=per_k, available=available, what="the kNN graph")
+                       per_k=per_k, available=available, what="the kNN graph",
+                       floor_k=MIN_GRAPH_K)
+
+
+def free_memory() -> int:
+    """Bytes a fit may plan with by default: the host budget (45% of the RAM)."""
+    return default_host_budget()
 
 
 # Rough, for plans and heartbeats; measured on this project's 2-core machine (768-d):
@@ -206,5 +223,4 @@ def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
         seconds = 2.0 * n * n * dim / 45e9 + 3e-9 * n * n
     else:
         seconds = 3.2e-4 * n * (dim / 768) * (k / 42) ** 0.5 + 1e-6 * n * k
-    fixed, per_k = memory_model(n, dim)
-    return seconds, int(fixed + per_k * k)
+    return seconds, peak_bytes(n, dim, params.min_samples)

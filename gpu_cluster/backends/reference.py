@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..budget import plan_linear
+from ..budget import default_host_budget, plan_linear
 from ..errors import EnvironmentProblem
 from ..params import HdbscanParams, RequestedParams
-from . import Labels
+from ..labels import Labels
 
 NAME = "reference"
 DEVICE = "cpu"
@@ -28,8 +28,8 @@ def check_numpy_compatible(params: HdbscanParams) -> None:
 
 
 def check_requested(requested: RequestedParams) -> None:
-    """The library checks, before any work (``pipeline.check_explicit_params``): a
-    scikit-learn with the public HDBSCAN (>= 1.3), and not NumPy >= 2.4 with epsilon > 0."""
+    """The library checks, before any work (``pipeline.open_backend``): a scikit-learn
+    with the public HDBSCAN (>= 1.3), and not NumPy >= 2.4 with epsilon > 0."""
     refuse_old_scikit_learn()
     refuse_numpy_24(requested.epsilon)
 
@@ -96,11 +96,21 @@ def memory_model(n: int, dim: int) -> tuple[int, int]:
     return 4 * n * dim + 8 * n * dim + 64 * n, 16 * n
 
 
+def peak_bytes(n: int, dim: int, min_samples: int) -> int:
+    """Planned peak host bytes of one fit."""
+    fixed, per_k = memory_model(n, dim)
+    return fixed + per_k * min_samples
+
+
 def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
     """Rough (seconds, peak host bytes) of one fit of n x dim vectors."""
     seconds = _SECONDS_AT_5K * (n / 5000) ** _EXPONENT * (dim / 768)
-    fixed, per_k = memory_model(n, dim)
-    return seconds, int(fixed + per_k * params.min_samples)
+    return seconds, peak_bytes(n, dim, params.min_samples)
+
+
+def free_memory() -> int:
+    """Bytes a fit may plan with by default: the host budget (45% of the RAM)."""
+    return default_host_budget()
 
 
 def plan_params(params: HdbscanParams, n: int, dim: int, *, available: int, explicit: bool):

@@ -1,14 +1,14 @@
-"""Nearest neighbours for the graph backend: distinct rows, exact and approximate kNN.
+"""Nearest neighbours for the knn backend: distinct rows, exact and approximate kNN.
 
 Identical vectors are common in this data (identical texts embed identically), and a
 point's nearest neighbours would otherwise be mostly its own copies, fragmenting the
 graph. So neighbours are searched over *distinct* rows only; copies are tied back to
 their representative afterwards (see ``backends/knn_graph.py``).
 
-The heavy lifting is faiss (``IndexFlatIP`` for exact search, ``IndexHNSWFlat`` for
-approximate search above ``EXACT_MAX_ROWS``): inner product on unit rows, turned into
-euclidean distance; near pairs, where ``2 - 2·cos`` cancels badly in float32, are
-recomputed from the vectors.
+Up to ``EXACT_MAX_ROWS`` distinct rows the search is exact, a blocked NumPy GEMM; above,
+it is faiss's ``IndexHNSWFlat`` (approximate). Both work on inner products of unit rows,
+turned into euclidean distance; near pairs, where ``2 - 2·cos`` cancels badly in
+float32, are recomputed from the vectors.
 """
 
 from __future__ import annotations
@@ -23,15 +23,10 @@ import numpy as np
 # "Prescott" kernels at ~16 GFLOP/s). Its m² cost passes HNSW's near 20k x 768 rows.
 EXACT_MAX_ROWS = 20_000
 EXACT_BLOCK_ROWS = 2048
-# Above EXACT_MAX_ROWS: "hnsw" (a navigable graph; faiss's own SIMD code, no BLAS) or
-# "ivf" (k-means cells; each query scans IVF_NPROBE of them). Measured on 2 cores at
-# 141k distinct 768-d synthetic rows: IVF nprobe 8 built in 94 s, searched in 91 s with
-# recall@32 0.88; HNSW (M=16, efC=64, efS=64) built in ~29 s and searched in ~35 s
-# with recall 0.93 at 200k rows.
-ANN_METHOD = "hnsw"
-IVF_LISTS_PER_SQRT_ROW = 4  # nlist = 4 * sqrt(m)
-IVF_TRAIN_PER_LIST = 40  # k-means training rows per list
-IVF_NPROBE = 8
+# Above EXACT_MAX_ROWS: faiss HNSW (a navigable graph; faiss's own SIMD code, no BLAS).
+# Measured on 2 cores: HNSW (M=16, efC=64, efS=64) built in ~29 s and searched in
+# ~35 s with recall 0.93 at 200k distinct 768-d rows, where IVF (nprobe 8, 141k rows)
+# took 94 s + 91 s for recall@32 0.88; so IVF was dropped.
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH_MIN = 64
@@ -109,11 +104,12 @@ class Neighbours:
     method: str
 
 
+_faiss_used = False  # faiss ran in this process (its OpenMP pool exists)
 _thread_cap: int | None = None
 
 
-def limit_threads_after_fork() -> None:
-    """Use one OpenMP thread from now on in this (forked) process.
+def after_fork() -> None:
+    """The fit child's hook (isolation.py): one OpenMP thread if faiss ran before the fork.
 
     GNU OpenMP's thread pool does not survive fork(): a child whose parent already ran
     faiss spins forever in its first parallel region. A run's parent never runs faiss
@@ -121,50 +117,43 @@ def limit_threads_after_fork() -> None:
     before forking (the test suite does).
     """
     global _thread_cap
-    _thread_cap = 1
+    if _faiss_used:
+        _thread_cap = 1
 
 
 def set_threads() -> None:
     import faiss
 
+    global _faiss_used
+    _faiss_used = True
     faiss.omp_set_num_threads(_thread_cap or max(1, os.cpu_count() or 1))
 
 
 class KnnIndex:
-    """A faiss inner-product index over unit rows: exact (flat), else ANN_METHOD."""
+    """The rows to search, and above ``exact_max_rows`` a faiss HNSW inner-product index.
+
+    Exact searches (``kind == 'exact'``) do not use faiss: they are blocked GEMMs in
+    :func:`exact_neighbours` (faster here than faiss's flat index, see EXACT_MAX_ROWS).
+    """
 
     def __init__(self, x: np.ndarray, k: int, *, exact_max_rows: int | None = None):
-        import faiss
-
-        set_threads()
         if exact_max_rows is None:
             exact_max_rows = EXACT_MAX_ROWS
         self.x = np.ascontiguousarray(x, dtype=np.float32)
         m, d = self.x.shape
-        self.kind = "exact" if m <= exact_max_rows else ANN_METHOD
+        self.kind = "exact" if m <= exact_max_rows else "hnsw"
         if self.kind == "exact":
-            self.index, self.method = faiss.IndexFlatIP(d), "exact"
-        elif self.kind == "ivf":
-            self.index, self.method = self._ivf(faiss, m, d)
-        else:
-            self.index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-            self.index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-            self.ef_search = max(HNSW_EF_SEARCH_MIN, 2 * (k + 1))
-            self.index.hnsw.efSearch = self.ef_search
-            self.method = f"hnsw(M={HNSW_M},efC={HNSW_EF_CONSTRUCTION},efS={self.ef_search})"
-        self.index.add(self.x)
+            self.index, self.method = None, "exact"
+            return
+        import faiss
 
-    def _ivf(self, faiss, m: int, d: int):
-        """An IVF-flat index trained on a seeded sample of the rows."""
-        nlist = max(1, int(IVF_LISTS_PER_SQRT_ROW * np.sqrt(m)))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.niter = 10
-        index.cp.seed = 1234
-        train = np.random.default_rng(0).choice(m, size=min(m, IVF_TRAIN_PER_LIST * nlist),
-                                               replace=False)
-        index.train(self.x[np.sort(train)])
-        index.nprobe = IVF_NPROBE
-        return index, f"ivf(nlist={nlist},nprobe={IVF_NPROBE})"
+        set_threads()
+        self.index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        self.index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        self.ef_search = max(HNSW_EF_SEARCH_MIN, 2 * (k + 1))
+        self.index.hnsw.efSearch = self.ef_search
+        self.method = f"hnsw(M={HNSW_M},efC={HNSW_EF_CONSTRUCTION},efS={self.ef_search})"
+        self.index.add(self.x)
 
     def search(self, rows: np.ndarray, k: int):
         """(ids, cosines) of the k best indexed rows for the query rows ``rows`` (ids into x)."""

@@ -21,8 +21,8 @@ point itself), like :class:`gpu_cluster.params.HdbscanParams`.
 
 from __future__ import annotations
 
-from .budget import GIB, MemoryBudgetError, MemoryPlan, choose_min_samples, gib, parse_bytes  # noqa: F401
-from .errors import ParameterError
+from ..budget import GIB, MemoryBudgetError, MemoryPlan, choose_min_samples, format_bytes, parse_bytes  # noqa: F401
+from ..errors import ParameterError
 
 BYTES_PER_FLOAT32 = 4
 # Device bytes per point per kNN neighbour slot (kNN indices and distances, the
@@ -54,6 +54,17 @@ def peak_bytes(n: int, dim: int, min_samples: int) -> int:
     return BYTES_PER_FLOAT32 * n * dim + BYTES_PER_NEIGHBOUR * n * min_samples
 
 
+def check_min_samples(min_samples: int) -> None:
+    """Refuse a min_samples (sklearn convention) outside cuML's range: the one check,
+    made by the plan for an explicit value and by the adapter before any GPU work."""
+    if not SKLEARN_MIN_SAMPLES_MIN <= min_samples <= SKLEARN_MIN_SAMPLES_MAX:
+        raise ParameterError(
+            f"min_samples={min_samples} cannot run on the GPU: it must be from "
+            f"{SKLEARN_MIN_SAMPLES_MIN} to {SKLEARN_MIN_SAMPLES_MAX} (cuML's "
+            f"1..{CUML_MIN_SAMPLES_MAX}, which does not count the point itself)"
+        )
+
+
 def index_limit(n: int) -> int:
     """Largest min_samples (sklearn convention) keeping 2 * n * k below 2**31."""
     return INT32_MAX // (2 * max(n, 1))
@@ -72,7 +83,7 @@ def limits(n: int, dim: int, budget_bytes: int) -> list[tuple[int, str]]:
                                   f"(= {SKLEARN_MIN_SAMPLES_MAX} counting the point itself)"),
         (index_limit(n), f"2*n*min_samples must stay below 2**31 at n={n:,} (suspected "
                          "32-bit index overflow in cuML's kNN graph)"),
-        (memory_limit(n, dim, budget_bytes), f"the fit must fit in {gib(budget_bytes)} of "
+        (memory_limit(n, dim, budget_bytes), f"the fit must fit in {format_bytes(budget_bytes)} of "
                                              "GPU memory"),
     ]
 
@@ -91,12 +102,8 @@ def plan_min_samples(
         ParameterError: an explicit value outside cuML's range.
         GpuMemoryError: nothing fits (even min_samples=2), or an explicit value does not.
     """
-    if explicit and not SKLEARN_MIN_SAMPLES_MIN <= requested <= SKLEARN_MIN_SAMPLES_MAX:
-        raise ParameterError(
-            f"--min-samples {requested}: on the GPU it must be from {SKLEARN_MIN_SAMPLES_MIN} "
-            f"to {SKLEARN_MIN_SAMPLES_MAX} (cuML's 1..{CUML_MIN_SAMPLES_MAX}, which does not "
-            "count the point itself)"
-        )
+    if explicit:
+        check_min_samples(requested)
     return choose_min_samples(
         requested, explicit=explicit, n=n, dim=dim, where="GPU",
         peak=lambda k: peak_bytes(n, dim, k),
