@@ -215,9 +215,7 @@ def facing_search(pairs: "PairSearch", rows_in: np.ndarray, b: int, budget_pairs
     """Search the ~sqrt(budget) rows of each side nearest the other side along the line
     between their centroids (an upper bound on the lightest edge between them)."""
     rows_b = pairs.groups[b]
-    c_in = sum(pairs.x[rows_in[s:s + COLUMN_BLOCK]].sum(axis=0, dtype=np.float64)
-               for s in range(0, rows_in.size, COLUMN_BLOCK)) / rows_in.size
-    u = pairs.cent[b] - c_in
+    u = pairs.cent[b] - centroid(pairs.x, rows_in)
     u /= max(np.linalg.norm(u), 1e-30)
     side = max(1, int(np.sqrt(budget_pairs)))
     near_in = rows_in[np.argsort(-project(pairs.x, rows_in, u), kind="stable")[:side]]
@@ -227,7 +225,7 @@ def facing_search(pairs: "PairSearch", rows_in: np.ndarray, b: int, budget_pairs
 
 
 class PairSearch:
-    """Exact lightest edges between pairs of k-NN components, cached, with lower bounds.
+    """Components of a k-NN graph: their rows, summaries, pair lower bounds, cached pairs.
 
     ``lower[a, b]``: (c, c) float32 lower bound on any edge between components a and b.
     """
@@ -254,31 +252,16 @@ class PairSearch:
         self.by_component.setdefault(int(a), []).append(key)
         self.by_component.setdefault(int(b), []).append(key)
 
-    def search(self, a: int, bs, best: Exit) -> int:
-        """Offer to ``best`` the lightest edge between component a and each of ``bs``.
-
-        Uncached pairs are searched together (one GEMM over the rows of all of them).
-        Returns the number of row pairs searched.
-        """
-        todo = [b for b in bs if (min(a, b), max(a, b)) not in self.cache]
-        spent = 0
-        if len(todo) == 1 or (todo and self.sizes[a] * self.sizes[todo].sum() > PROJECT_ABOVE_PAIRS):
-            for b in todo:
-                e = Exit()
-                pair_search(self.x, self.core, self.groups[a], self.groups[b],
-                            self.cent[a], self.cent[b], e)
-                self.remember(a, b, e)
-                spent += int(self.sizes[a] * self.sizes[b])
-        elif todo:
-            rows_b = [self.groups[b] for b in todo]
-            for b, e in zip(todo, segment_minima(self.x, self.core, self.groups[a], rows_b)):
-                self.remember(a, b, e)
-            spent = int(self.sizes[a] * self.sizes[todo].sum())
-        self.details["pair_searches"] += len(todo)
-        for b in bs:
-            e = self.cache[(min(a, b), max(a, b))]
-            best.offer(e.i, e.j, e.w)
-        return spent
+    def pair(self, a: int, b: int) -> Exit:
+        """The lightest edge between components a and b (searched once, then cached)."""
+        key = (min(a, b), max(a, b))
+        if key not in self.cache:
+            e = Exit()
+            pair_search(self.x, self.core, self.groups[a], self.groups[b],
+                        self.cent[a], self.cent[b], e)
+            self.remember(a, b, e)
+            self.details["pair_searches"] += 1
+        return self.cache[key]
 
     def prefetch_largest(self) -> None:
         """Search small components against a very large one in one pass over all rows.
@@ -295,10 +278,10 @@ class PairSearch:
             row = self.lower[a].copy()
             row[big] = np.inf
             b = int(np.argmin(row))
-            best = Exit()
+            nearest = np.inf
             if np.isfinite(row[b]) and self.sizes[a] * self.sizes[b] <= EXIT_BUDGET_PAIRS:
-                self.search(a, [b], best)
-            if self.lower[a, big] < best.w:
+                nearest = self.pair(a, b).w
+            if self.lower[a, big] < nearest:
                 need.append(a)
         need = sorted(need, key=lambda a: self.sizes[a])  # the smallest first, within budget
         rows = np.cumsum([self.sizes[a] for a in need])
@@ -318,13 +301,18 @@ class PairSearch:
             start = stop
 
 
+def centroid(x, rows) -> np.ndarray:
+    """(d,) float64 mean of x[rows], summed in blocks (no copy of all the rows)."""
+    return sum(x[rows[s:s + COLUMN_BLOCK]].sum(axis=0, dtype=np.float64)
+               for s in range(0, rows.size, COLUMN_BLOCK)) / rows.size
+
+
 def summaries(x, groups, core):
     """Per component: centroid (c, d) float64, radius (c,) and smallest core distance (c,)."""
     cent = np.empty((len(groups), x.shape[1]))
     radius = np.empty(len(groups))
     for c, g in enumerate(groups):
-        cent[c] = sum(x[g[s:s + COLUMN_BLOCK]].sum(axis=0, dtype=np.float64)
-                      for s in range(0, g.size, COLUMN_BLOCK)) / g.size
+        cent[c] = centroid(x, g)
         radius[c] = max(np.sqrt(((x[g[s:s + COLUMN_BLOCK]] - cent[c]) ** 2).sum(axis=1).max())
                         for s in range(0, g.size, COLUMN_BLOCK))
     kappa = np.array([core[g].min() for g in groups])
@@ -410,20 +398,6 @@ def reachability2_block(cos: np.ndarray, ca2: np.ndarray, cb2: np.ndarray) -> np
     np.maximum(cos, ca2[:, None], out=cos)
     np.maximum(cos, cb2[None, :], out=cos)
     return cos
-
-
-def segment_minima(x, core, ia, groups_b) -> list:
-    """Lightest edge from rows ``ia`` to each group of rows in ``groups_b``, one GEMM."""
-    ib = np.concatenate(groups_b)
-    starts = np.cumsum([0] + [g.size for g in groups_b[:-1]])
-    w = reachability_block(x[ia] @ x[ib].T, core[ia], core[ib])
-    row = np.argmin(w, axis=0)  # best row of ia for each column
-    col_w = w[row, np.arange(ib.size)]
-    out = []
-    for s, g in zip(starts, groups_b):
-        k = s + int(np.argmin(col_w[s:s + g.size]))
-        out.append(Exit(int(ia[row[k]]), int(ib[k]), float(col_w[k])))
-    return out
 
 
 def masked_nearest(x, core, allowed: np.ndarray, queries: np.ndarray):
