@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .knn_search import Neighbours, core_distances
+
 # Largest distinct-row count for the dense path: the float32 matrix is m² * 4 bytes
 # (1.6 GB at 20,000) and Prim costs ~m² element operations.
 DENSE_MAX_ROWS = 20_000
@@ -40,30 +42,21 @@ def distance_matrix(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def core_distances(dist: np.ndarray, counts: np.ndarray, min_samples: int) -> np.ndarray:
-    """(m,) float64 core distances from the dense matrix, counting multiplicities.
-
-    The core distance of a distinct row is the smallest radius holding ``min_samples``
-    points, itself and its copies included (scikit-learn's convention). Only the
-    ``min_samples - 1`` nearest other rows can matter, since each holds at least one point.
-    """
+def nearest_lists(dist: np.ndarray, k: int) -> Neighbours:
+    """The k nearest other rows of every row, from the dense matrix, ascending distance."""
     m = dist.shape[0]
-    k = min(max(min_samples - 1, 1), m - 1)
-    core = np.empty(m, np.float64)
+    idx = np.empty((m, k), np.int64)
+    near = np.empty((m, k), np.float64)
     for s in range(0, m, BLOCK_ROWS):
         blk = dist[s:s + BLOCK_ROWS].astype(np.float64)
         b = blk.shape[0]
-        blk[np.arange(b), np.arange(s, s + b)] = np.inf  # itself is counted by counts
+        blk[np.arange(b), np.arange(s, s + b)] = np.inf  # not its own neighbour
         part = np.argpartition(blk, k - 1, axis=1)[:, :k]
         d = np.take_along_axis(blk, part, axis=1)
         order = np.argsort(d, axis=1, kind="stable")
-        d, part = np.take_along_axis(d, order, axis=1), np.take_along_axis(part, order, axis=1)
-        cum = counts[s:s + b, None] + np.cumsum(counts[part], axis=1)
-        first = np.argmax(cum >= min_samples, axis=1)
-        reached = cum[np.arange(b), first] >= min_samples
-        core[s:s + b] = np.where(reached, d[np.arange(b), first], d[:, -1])
-    core[counts >= min_samples] = 0.0
-    return core
+        idx[s:s + b] = np.take_along_axis(part, order, axis=1)
+        near[s:s + b] = np.take_along_axis(d, order, axis=1)
+    return Neighbours(idx, near, "exact (dense)")
 
 
 def reachability_in_place(dist: np.ndarray, core: np.ndarray) -> np.ndarray:
@@ -109,6 +102,8 @@ def exact_mst(x: np.ndarray, counts: np.ndarray, min_samples: int):
     rows, (m,) float64 core distances).
     """
     dist = distance_matrix(x)
-    core = core_distances(dist, counts, min_samples)
+    # Only the min_samples - 1 nearest other rows can matter: each holds at least one point.
+    k = min(max(min_samples - 1, 1), x.shape[0] - 1)
+    core, _ = core_distances(counts, nearest_lists(dist, k), min_samples)
     edges = prim_mst(reachability_in_place(dist, core))
     return edges, core

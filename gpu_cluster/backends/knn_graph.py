@@ -35,6 +35,7 @@ from ..labels import Labels
 from ..params import HdbscanParams
 from . import component_joins, dense_mst
 from . import knn_search as knn
+from .knn_search import core_distances
 from .hdbscan_tree import hdbscan_labels
 
 NAME = "knn"
@@ -49,23 +50,6 @@ def graph_k(params: HdbscanParams, n_distinct: int | None = None) -> int:
     """Neighbours searched per distinct point (never more than the other rows)."""
     k = max(params.min_samples, MIN_GRAPH_K)
     return k if n_distinct is None else min(k, n_distinct - 1)
-
-
-def core_distances(counts: np.ndarray, nb: knn.Neighbours, min_samples: int) -> tuple[np.ndarray, int]:
-    """(m,) float64 core distances from multiplicity-weighted neighbour lists.
-
-    Returns the distances and how many points never reached ``min_samples`` within
-    their k neighbours (their core distance is then the k-th distance, a lower bound).
-    """
-    nb_counts = np.where(nb.indices >= 0, counts[np.maximum(nb.indices, 0)], 0)
-    cum = counts[:, None] + np.cumsum(nb_counts, axis=1)
-    reached = cum >= min_samples
-    first = np.argmax(reached, axis=1)
-    core = nb.distances[np.arange(len(counts)), first]
-    short = ~reached[:, -1]
-    core[short] = nb.distances[short, -1]
-    core[counts >= min_samples] = 0.0  # enough copies of itself
-    return core, int((short & (counts < min_samples)).sum())
 
 
 def reachability_graph(nb: knn.Neighbours, core: np.ndarray) -> sp.csr_matrix:

@@ -104,6 +104,23 @@ class Neighbours:
     method: str
 
 
+def core_distances(counts: np.ndarray, nb: Neighbours, min_samples: int) -> tuple[np.ndarray, int]:
+    """(m,) float64 core distances from multiplicity-weighted neighbour lists.
+
+    Returns the distances and how many points never reached ``min_samples`` within
+    their k neighbours (their core distance is then the k-th distance, a lower bound).
+    """
+    nb_counts = np.where(nb.indices >= 0, counts[np.maximum(nb.indices, 0)], 0)
+    cum = counts[:, None] + np.cumsum(nb_counts, axis=1)
+    reached = cum >= min_samples
+    first = np.argmax(reached, axis=1)
+    core = nb.distances[np.arange(len(counts)), first]
+    short = ~reached[:, -1]
+    core[short] = nb.distances[short, -1]
+    core[counts >= min_samples] = 0.0  # enough copies of itself
+    return core, int((short & (counts < min_samples)).sum())
+
+
 _faiss_used = False  # faiss ran in this process (its OpenMP pool exists)
 _thread_cap: int | None = None
 
