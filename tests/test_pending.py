@@ -3,7 +3,6 @@ database, and the next run (or ``store-pending``) stores it without fitting agai
 
 from __future__ import annotations
 
-import logging
 import os
 
 import numpy as np
@@ -16,21 +15,10 @@ from gpu_cluster.errors import ResultKept
 from gpu_cluster.pipeline import RunOptions, cluster_database
 from gpu_cluster.progress import Reporter
 from helpers import raw
-from test_reliability import AnonymousHolders, consistent, lock_held, set_vectors, vec
+from test_reliability import consistent, gc_log, lock_held, set_vectors, vec  # noqa: F401 (gc_log: a fixture)
 
 FAST = Reporter(heartbeat_s=0.3)
 OPTIONS = RunOptions(downsample=10, models=("Nomic", "STSBMpnet"), device="cpu")
-
-
-@pytest.fixture
-def gc_log():
-    logger = logging.getLogger("gpu_cluster")
-    saved = logger.handlers[:], logger.level, logger.propagate
-    stream = AnonymousHolders()
-    logger.handlers = [logging.StreamHandler(stream)]
-    logger.setLevel(logging.INFO)
-    yield stream
-    logger.handlers, logger.level, logger.propagate = saved
 
 
 def test_fingerprint_ignores_row_order_and_sees_any_change():
