@@ -143,6 +143,37 @@ def param_options(f):
     return f
 
 
+def workers_option(f):
+    """``--workers``: shared by ``cluster`` and ``plan``."""
+    return click.option(
+        "--workers", default=None, type=str, metavar="N",
+        help="Run one model per worker of a local Dask cluster: N worker processes sharing "
+             "the cores and the memory budget on the CPU; one worker per GPU on GPUs ('gpus', "
+             "or N for the first N). Needs the 'distributed' extra.")(f)
+
+
+def scale_out(workers: str | None, scheduler: str | None, timeout_s: float):
+    """The ScaleOut of ``--workers``/``--scheduler``, or None for an in-process run (which
+    then never imports Dask)."""
+    if workers is None and not scheduler:
+        return None
+    from .scaleout import ScaleOut
+
+    return ScaleOut(workers=workers_count(workers), scheduler=scheduler,
+                    local_gpu=workers == "gpus", connect_timeout_s=timeout_s)
+
+
+def workers_count(workers: str | None) -> int | None:
+    """'3' -> 3; 'gpus' or None -> None (one per GPU, or no local cluster)."""
+    if workers is None or workers == "gpus":
+        return None
+    try:
+        return int(workers)
+    except ValueError:
+        raise click.BadParameter(f"{workers!r} is not a number of workers (or 'gpus')",
+                                 param_hint="--workers") from None
+
+
 @click.group(cls=Cli, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="gpu-cluster")
 def main():
@@ -182,9 +213,16 @@ def demo_db(path, text_invocations, dim, seed):
 @click.option("--check", is_flag=True,
               help="Only check that the run can start (options, database open for writing, "
                    "models, device), print what it would cluster, and exit.")
+@workers_option
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run one model per worker of the Dask cluster whose scheduler is at "
+                   "ADDRESS (e.g. tcp://10.0.0.5:8786); this process writes the results. "
+                   "Needs the 'distributed' extra.")
+@click.option("--scheduler-timeout", default=10.0, show_default=True, type=float,
+              help="Seconds to wait for the --scheduler to answer.")
 def cluster(db, downsample, models, device, algorithm, epsilon, min_cluster_size,
             min_samples, memory_budget, gpu_memory, batch_size, replace, heartbeat,
-            lock_timeout, check):
+            lock_timeout, check, workers, scheduler, scheduler_timeout):
     """Cluster each embedding model of DB and store one result per model.
 
     A result that cannot be stored (a lock held past --lock-timeout, a stop while
@@ -207,10 +245,16 @@ def cluster(db, downsample, models, device, algorithm, epsilon, min_cluster_size
             click.echo(f"{len(kept)} result(s) kept by an earlier run, stored by this run if "
                        f"they match it: {', '.join(str(k.path) for k in kept)}")
         return
+    scale = scale_out(workers, scheduler, scheduler_timeout)
     reporter = setup_output(heartbeat)
     stop_on_signals()
     try:
-        summary = cluster_database(db, options, reporter)
+        if scale is None:
+            summary = cluster_database(db, options, reporter)
+        else:
+            from .scaleout import cluster_database_on_dask
+
+            summary = cluster_database_on_dask(db, options, scale, reporter)
     finally:
         reporter.close()
     for o in summary.outcomes:
@@ -237,19 +281,29 @@ def open_checked(db: str, lock_timeout: float, *, write: bool = False):
 @click.argument("db")
 @param_options
 @lock_timeout_option
+@workers_option
 def plan(db, downsample, models, device, algorithm, epsilon, min_cluster_size, min_samples,
-         memory_budget, gpu_memory, lock_timeout):
+         memory_budget, gpu_memory, lock_timeout, workers):
     """Show what `cluster` would do per model; counts only, writes nothing.
 
-    With --device gpu --gpu-memory SIZE it plans for such a GPU on any machine.
+    With --device gpu --gpu-memory SIZE it plans for such a GPU on any machine. With
+    --workers N it plans each model with one worker's share and says which run at once.
     """
     from .pipeline import plan_database
 
+    split = None
+    if workers is not None:
+        from .scaleout import plan_split
+
+        split = plan_split(workers_count(workers), device, memory_budget, gpu_memory)
+        memory_budget = split.memory_budget or memory_budget
     dev, plans = plan_database(
         db, downsample=downsample, models=tuple(models), device=device, algorithm=algorithm,
         requested=requested_params(epsilon, min_cluster_size, min_samples),
         memory_budget=memory_budget, gpu_memory=gpu_memory, lock_timeout=lock_timeout)
     click.echo(f"device: {dev.kind} ({dev.why})")
+    if split is not None:
+        click.echo("\n".join(split.lines([p.model for p in plans if p.ready])))
     for p in plans:
         click.echo(plan_text(p))
 
@@ -353,3 +407,7 @@ def store_pending(db, replace, lock_timeout):
     left = sum(o.status == "left" for o in outcomes)
     click.echo(f"{len(outcomes) - left} stored, {left} left" if outcomes else "no kept results")
     sys.exit(1 if left else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -43,6 +43,12 @@ class NoGpuError(GpuClusterError):
     exit_code = 4
 
 
+class ScaleOutError(GpuClusterError):
+    """Dask is missing, or its scheduler cannot be reached."""
+
+    exit_code = 6
+
+
 class EnvironmentProblem(GpuClusterError):
     """The installed libraries are a combination known to fail."""
 

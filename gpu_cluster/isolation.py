@@ -10,7 +10,9 @@ array is pickled to it (a second copy, in the child). It sends back labels and
 probabilities; a GpuClusterError keeps its type and message. The child dies with its
 parent (``PR_SET_PDEATHSIG`` on Linux, a liveness check elsewhere): a run killed with
 SIGKILL leaves no fit behind. A GPU fit runs in a thread instead: CUDA does not survive
-a fork, and cuML releases the GIL.
+a fork, and cuML releases the GIL. So does a CPU fit in a daemonic process (a Dask worker
+started with its default ``distributed.worker.daemon``), which Python forbids to have
+children; there the worker's nanny isolates crashes, and the run's driver heartbeats.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class FitCrashed(RuntimeError):
 
 def fit(backend: ModuleType, x, params: HdbscanParams) -> Labels:
     """``backend.fit(x, params)``, isolated as the module docstring describes."""
-    if getattr(backend, "DEVICE", "cpu") == "gpu":
+    if getattr(backend, "DEVICE", "cpu") == "gpu" or multiprocessing.current_process().daemon:
         return fit_in_thread(backend, x, params)
     return fit_in_child(backend, x, params)
 

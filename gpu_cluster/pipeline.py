@@ -3,9 +3,9 @@
 Each stage is a small public function of plain data (:class:`ModelWork`, the model's
 data so far, and :class:`RunEnv`, what every stage needs), timed through one hook
 (``clock.run(name, work)``, :class:`ModelClock` by default). ``cluster_model`` is the
-local runner, a loop over them; ``run_model`` runs one model from a database URL, a
-model name and options, as a worker of a scale-out runner would; ``benchmarks/`` times
-the same functions.
+local runner, a loop over them; ``compute_from_database`` runs every stage but the write
+for one model from a database URL, a model name and options, as a scale-out worker does
+(scaleout.py, where the driver writes); ``benchmarks/`` times the same functions.
 
 ``cluster_database`` is what ``gpu-cluster cluster`` calls. Each model is independent:
 a model with too few vectors (or mostly unusable rows) is skipped with its reason, a
@@ -238,22 +238,21 @@ def cluster_database(db: str, options: RunOptions, reporter: Reporter | None = N
         engine.dispose()
 
 
-def run_model(db: str, model: str, options: RunOptions,
-              reporter: Reporter | None = None) -> ModelOutcome:
-    """Cluster and store one model of ``db``: plain data in (a database URL, a model
-    name, options), a compact outcome out, as a scale-out worker needs. Raises what
-    ``cluster_database`` raises."""
+def compute_from_database(db: str, model: str, options: RunOptions,
+                          reporter: Reporter | None = None) -> PendingResult | ModelOutcome:
+    """Every stage but the write for one model of ``db``, from plain data (a database URL,
+    a model name, options), as a scale-out worker runs it (scaleout.py): the result to
+    store, or the outcome of a skip or failed fit. Opens the database read-only; its own
+    snapshot for the survey and the read. Raises DatabaseError and UnknownName."""
     reporter = reporter or Reporter()
-    engine = open_database(db, write=True, lock_timeout_s=options.lock_timeout,
+    engine = open_database(db, write=False, lock_timeout_s=options.lock_timeout,
                            lock_heartbeat_s=max(reporter.heartbeat_s, 1.0))
-    target = parse_target(db)
     snapshot = Snapshot(engine)
     try:
         device = resolve_device(options.device)
-        env = run_env(engine, snapshot, options, device, open_backend(device, options), reporter,
-                      pending.pending_dir(target.label, target.sqlite_path))
+        env = run_env(engine, snapshot, options, device, open_backend(device, options), reporter)
         survey = survey_models(snapshot, (model,), reporter)[model]
-        return cluster_model(survey, env)
+        return compute_model(survey, env, ModelClock())
     finally:
         snapshot.close()
         engine.dispose()
@@ -360,7 +359,8 @@ def write_stage(computed: PendingResult, env: RunEnv) -> str:
 
 
 def cluster_model(survey: ModelSurvey, env: RunEnv, clock=None) -> ModelOutcome:
-    """Run one model through every stage; never raises for a skip or a failed fit.
+    """Run one model through every stage, the write included; never raises for a skip or
+    a failed fit.
 
     ``clock`` (default a fresh :class:`ModelClock`) times each stage and knows the one
     running now. A result computed earlier but not stored (``env.kept_dir``, pending.py)
@@ -368,6 +368,16 @@ def cluster_model(survey: ModelSurvey, env: RunEnv, clock=None) -> ModelOutcome:
     result is kept there if it cannot be stored.
     """
     clock = clock or ModelClock()
+    computed = compute_model(survey, env, clock)
+    if isinstance(computed, ModelOutcome):
+        return computed
+    result_id = clock.run("write", lambda: write_stage(computed, env))
+    return stored_outcome(computed, result_id, clock.seconds)
+
+
+def compute_model(survey: ModelSurvey, env: RunEnv, clock) -> PendingResult | ModelOutcome:
+    """Every stage before the write: the result to store, or the model's outcome when it
+    is skipped or its fit fails (never raised). Reads the database, never writes it."""
     seconds = clock.seconds
     work = plan_stage(survey, env)
     sel = work.plan.selection
@@ -385,6 +395,7 @@ def cluster_model(survey: ModelSurvey, env: RunEnv, clock=None) -> ModelOutcome:
             for name, stage in COMPUTE_STAGES:
                 clock.run(name, lambda: stage(work, env))
             computed = result_of(work, env, key, seconds)
+        return computed
     except ModelSkipped as skip:
         return ModelOutcome(survey.model, "skipped", skip.reason, seconds=seconds)
     except MemoryBudgetError as exc:
@@ -394,10 +405,13 @@ def cluster_model(survey: ModelSurvey, env: RunEnv, clock=None) -> ModelOutcome:
         log.error("%s: clustering failed: %s", survey.model, reason)
         log.debug("%s: the failure in detail", survey.model, exc_info=True)
         return ModelOutcome(survey.model, "failed", reason, seconds=seconds)
-    result_id = clock.run("write", lambda: write_stage(computed, env))
-    labels_out = computed.labels
-    return ModelOutcome(survey.model, "clustered", "", int(labels_out.shape[0]),
-                        int(computed.medoid_rows.shape[0]), int((labels_out == -1).sum()),
+
+
+def stored_outcome(computed: PendingResult, result_id: str, seconds: dict) -> ModelOutcome:
+    """The outcome of a model whose result ``computed`` is stored as ``result_id``."""
+    labels = computed.labels
+    return ModelOutcome(computed.model, "clustered", "", int(labels.shape[0]),
+                        int(computed.medoid_rows.shape[0]), int((labels == -1).sum()),
                         result_id, seconds)
 
 

@@ -43,6 +43,7 @@ class Stage:
         self.name, self.total, self.unit, self.estimate_s = name, total, unit, estimate_s
         self.done = 0
         self.waiting = ""  # set while the stage waits on something that logs for itself
+        self.detail = None  # optional callable: text appended to each heartbeat line
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
@@ -55,7 +56,12 @@ class Stage:
         return time.monotonic() - self.started
 
     def status_line(self) -> str:
-        """One heartbeat line: counts, rate and ETA, or elapsed against an estimate."""
+        """One heartbeat line: counts, rate and ETA, or elapsed against an estimate, then
+        the stage's ``detail()`` if it has one."""
+        line = self._progress_text()
+        return f"{line}; {self.detail()}" if self.detail is not None else line
+
+    def _progress_text(self) -> str:
         elapsed = self.elapsed
         if self.total:
             rate = self.done / elapsed if elapsed > 0 else 0.0

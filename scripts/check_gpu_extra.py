@@ -4,8 +4,9 @@
     python3 scripts/check_gpu_extra.py [--venv DIR] [--keep]
 
 1. creates a separate venv (default: a temporary directory) and installs the project
-   with ``pip install -e '.[gpu]'`` (cuML + CuPy, ~6.4 GB);
-2. inside that venv (``--inside``): imports gpu_cluster, cupy and cuml without a GPU;
+   with ``pip install -e '.[gpu,distributed]'`` (cuML + CuPy, ~6.4 GB);
+2. inside that venv (``--inside``): imports gpu_cluster, cupy, cuml and dask_cuda without
+   a GPU; checks LocalCUDACluster's keywords;
    checks every keyword the cuML adapter passes against ``inspect.signature`` of the
    installed ``cuml.cluster.hdbscan.HDBSCAN``, the nn_descent ``build_kwds`` keys against
    the installed cuML, the translated value ranges, and what cuml-cu12/cupy declare
@@ -52,11 +53,11 @@ def create_venv(venv: Path) -> Path:
     start = time.monotonic()
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
-    proc = run([str(python), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[gpu]"])
+    proc = run([str(python), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[gpu,distributed]"])
     detail = f"{time.monotonic() - start:.0f}s"
     if proc.returncode != 0:
         detail += "\n" + proc.stderr[-3000:]
-    check(proc.returncode == 0, "pip install -e '.[gpu]'", detail)
+    check(proc.returncode == 0, "pip install -e '.[gpu,distributed]'", detail)
     return python
 
 
@@ -198,8 +199,25 @@ def check_numpy_compatibility() -> None:
               "; ".join(reqs) or "declares no numpy requirement")
 
 
+def check_dask_cuda() -> None:
+    """dask_cuda imports without a GPU, and LocalCUDACluster and the worker take what
+    scaleout.start_local_cluster passes (n_workers, threads_per_worker, resources)."""
+    from dask_cuda import LocalCUDACluster
+    from distributed import Worker
+
+    import gpu_cluster.scaleout  # noqa: F401 (imports with the installed Dask)
+
+    params = inspect.signature(LocalCUDACluster).parameters
+    named = {"n_workers", "threads_per_worker"} <= set(params)
+    forwards = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    check(named and ("resources" in params or forwards),
+          "LocalCUDACluster(n_workers, threads_per_worker, resources)", str(list(params)[:12]))
+    check("resources" in inspect.signature(Worker).parameters, "distributed.Worker(resources=)")
+
+
 def inside() -> int:
     check_imports()
+    check_dask_cuda()
     check_keywords()
     check_build_kwds()
     check_ranges()
