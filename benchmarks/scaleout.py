@@ -1,6 +1,6 @@
 """Wall time of a whole run in-process against Dask local clusters of 1, 2, 3 workers.
 
-    python benchmarks/scaleout.py [--text-invocations 30000] [--workers 1,2,3] [--out DIR]
+    python benchmarks/scaleout.py [--text-invocations 30000] [--workers 1,2,3] [--algorithm A] [--out DIR]
 
 Writes a demo database (three real models of N vectors each, 768-d), then for each
 configuration clusters a fresh copy of it, timing the whole library call (the local
@@ -41,11 +41,11 @@ def stored_labels(path: Path) -> dict[str, dict]:
 
 
 def timed_run(template: Path, work: Path, models: tuple[str, ...], workers: int | None,
-              downsample: int) -> dict:
+              downsample: int, algorithm: str | None) -> dict:
     """Cluster a fresh copy of ``template``; wall seconds and per-model stage seconds."""
     db = work / f"run-{workers or 0}-{len(models)}.sqlite"
     shutil.copy(template, db)
-    options = RunOptions(downsample=downsample, models=models)
+    options = RunOptions(downsample=downsample, models=models, algorithm=algorithm)
     start = time.perf_counter()
     if workers is None:
         summary = cluster_database(str(db), options)
@@ -65,19 +65,22 @@ def main() -> int:
     parser.add_argument("--text-invocations", type=int, default=30_000)
     parser.add_argument("--downsample", type=int, default=1)
     parser.add_argument("--workers", default="1,2,3")
+    parser.add_argument("--algorithm", default=None,
+                        help="backend, e.g. 'reference' (single-threaded scikit-learn)")
     parser.add_argument("--out", type=Path,
                         default=Path("out") / f"scaleout-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
     template = args.out / "template.sqlite"
     if not template.exists():
         make_demo_db(template, DemoSpec(text_invocations=args.text_invocations, dim=768, seed=3))
     counts = [int(w) for w in args.workers.split(",")]
-    runs = [timed_run(template, args.out, REAL, None, args.downsample)]
-    runs += [timed_run(template, args.out, REAL, w, args.downsample) for w in counts]
-    one = [timed_run(template, args.out, REAL[:1], None, args.downsample),
-           timed_run(template, args.out, REAL[:1], 1, args.downsample)]
+    runs = [timed_run(template, args.out, REAL, None, args.downsample, args.algorithm)]
+    runs += [timed_run(template, args.out, REAL, w, args.downsample, args.algorithm) for w in counts]
+    one = [timed_run(template, args.out, REAL[:1], None, args.downsample, args.algorithm),
+           timed_run(template, args.out, REAL[:1], 1, args.downsample, args.algorithm)]
     base = runs[0]
     rows = []
     for r in runs + one:
@@ -88,6 +91,7 @@ def main() -> int:
                                        "same_labels_as_in_process")}
                     | {"models": len(r["models"])})
     report = {"text_invocations": args.text_invocations, "downsample": args.downsample,
+              "algorithm": args.algorithm,
               "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
               "runs": [{k: v for k, v in r.items() if k != "labels"} for r in runs + one]}
     (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")

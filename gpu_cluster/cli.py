@@ -237,15 +237,19 @@ def cluster(db, downsample, models, device, algorithm, epsilon, min_cluster_size
         gpu_memory=gpu_memory, lock_timeout=lock_timeout,
     )
     P.validate(heartbeat=heartbeat)
+    scale = scale_out(workers, scheduler, scheduler_timeout)
     if check:
         dev, surveys = check_run(db, options)
         names = ", ".join(f"{m} ({s.total:,} embeddings)" for m, s in surveys.items())
         click.echo(f"ok: {db} opens for writing; device {dev.kind}; would cluster {names or 'nothing'}")
+        if scale is not None:
+            from .scaleout import check_scale_out
+
+            click.echo(f"ok: {check_scale_out(scale)}")
         if kept := kept_results_of(db):
             click.echo(f"{len(kept)} result(s) kept by an earlier run, stored by this run if "
                        f"they match it: {', '.join(str(k.path) for k in kept)}")
         return
-    scale = scale_out(workers, scheduler, scheduler_timeout)
     reporter = setup_output(heartbeat)
     stop_on_signals()
     try:

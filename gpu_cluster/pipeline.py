@@ -239,11 +239,14 @@ def cluster_database(db: str, options: RunOptions, reporter: Reporter | None = N
 
 
 def compute_from_database(db: str, model: str, options: RunOptions,
-                          reporter: Reporter | None = None) -> PendingResult | ModelOutcome:
+                          reporter: Reporter | None = None,
+                          survey: ModelSurvey | None = None) -> PendingResult | ModelOutcome:
     """Every stage but the write for one model of ``db``, from plain data (a database URL,
     a model name, options), as a scale-out worker runs it (scaleout.py): the result to
-    store, or the outcome of a skip or failed fit. Opens the database read-only; its own
-    snapshot for the survey and the read. Raises DatabaseError and UnknownName."""
+    store, or the outcome of a skip or failed fit. Opens the database read-only. ``survey``:
+    the driver's survey of the model (on SQLite its rowid bound keeps every worker's read
+    to the rows the driver surveyed); None surveys here. Raises DatabaseError and
+    UnknownName."""
     reporter = reporter or Reporter()
     engine = open_database(db, write=False, lock_timeout_s=options.lock_timeout,
                            lock_heartbeat_s=max(reporter.heartbeat_s, 1.0))
@@ -251,7 +254,8 @@ def compute_from_database(db: str, model: str, options: RunOptions,
     try:
         device = resolve_device(options.device)
         env = run_env(engine, snapshot, options, device, open_backend(device, options), reporter)
-        survey = survey_models(snapshot, (model,), reporter)[model]
+        if survey is None:
+            survey = survey_models(snapshot, (model,), reporter)[model]
         return compute_model(survey, env, ModelClock())
     finally:
         snapshot.close()

@@ -47,6 +47,7 @@ from . import pipeline
 from .pipeline import (ModelOutcome, RunOptions, RunSummary, log_outcome,
                        log_stop, store_kept, stored_outcome, survey_models, write_model)
 from .progress import DEFAULT_HEARTBEAT_S, Reporter, format_seconds
+from .selection import ModelSurvey
 
 log = logging.getLogger("gpu_cluster")
 
@@ -144,6 +145,33 @@ def require_dask() -> ModuleType:
     return distributed
 
 
+def check_scale_out(scale: ScaleOut) -> str:
+    """What ``cluster --check`` says about ``--workers``/``--scheduler``: Dask imports, and
+    the scheduler answers (with how many workers). Raises ScaleOutError otherwise."""
+    distributed = require_dask()
+    if not scale.scheduler:
+        return f"Dask {distributed.__version__} would start a local cluster"
+    with connected(distributed, scale) as client:
+        workers = len(client.scheduler_info().get("workers", {}))
+    return f"the Dask scheduler at {scale.scheduler} answers, with {workers} worker(s)"
+
+
+@contextmanager
+def connected(distributed: ModuleType, scale: ScaleOut):
+    """A Client of ``scale.scheduler``, or ScaleOutError in one line."""
+    try:
+        client = distributed.Client(scale.scheduler, timeout=scale.connect_timeout_s)
+    except (OSError, TimeoutError) as exc:
+        raise ScaleOutError(
+            f"cannot reach the Dask scheduler at {scale.scheduler} within "
+            f"{scale.connect_timeout_s:.0f}s ({type(exc).__name__}); is `dask "
+            f"scheduler` running there, and the address right?") from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 def gpu_count() -> int:
     """CUDA devices visible to this process (0 without CuPy or a driver)."""
     try:
@@ -176,22 +204,23 @@ class Events:
 
 
 class EventReporter(Reporter):
-    """The worker's reporter: logs as usual, and publishes each stage's start, heartbeat
-    and end (its status line) for the driver's heartbeat."""
+    """The worker's reporter: logs each stage's start and end as usual (forwarded to the
+    driver), and publishes the stage's progress at its start and every heartbeat for the
+    driver's own heartbeat line."""
 
     def __init__(self, events: Events, heartbeat_s: float):
         super().__init__(heartbeat_s)
         self.events = events
 
     def _open(self, st) -> None:
-        self.events.send("stage", stage=st.name, line=st.status_line())
+        self._heartbeat(st)
 
     def _heartbeat(self, st) -> None:  # the driver's heartbeat logs it
-        self.events.send("stage", stage=st.name, line=st.status_line())
+        self.events.send("stage", stage=st.name, elapsed=st.elapsed, estimate_s=st.estimate_s,
+                         done=st.done, total=st.total, unit=st.unit)
 
     def _close(self, st) -> None:
-        self.events.send("stage", stage=None, line=f"{st.name}: finished in "
-                                                   f"{format_seconds(st.elapsed)}")
+        self.events.send("stage", stage=None, finished=st.name, elapsed=st.elapsed)
 
 
 class ForwardLog(logging.Handler):
@@ -239,13 +268,15 @@ def worker_options(options, worker):
     return replace(options, memory_budget=budget // nthreads)
 
 
-def model_task(db: str, model: str, options, topic: str, heartbeat_s: float):
+def model_task(db: str, model: str, options, topic: str, heartbeat_s: float,
+               survey: ModelSurvey | None = None):
     """One Dask task: every stage but the write for ``model`` of ``db``, on this worker.
 
     Returns a PendingResult (ids (n,) S32, labels (n,) int64, probabilities (n,) float64,
     medoid rows (k,) int64, parameters with the stage seconds and this worker's address) or
     the ModelOutcome of a skip or a failed fit. A database the worker cannot read raises
-    (DatabaseError), which the driver reports as the model's failure.
+    (DatabaseError), which the driver reports as the model's failure. ``survey``: the
+    driver's (counts only, no vectors), so the worker does not survey again.
     """
     from distributed import get_worker
 
@@ -253,11 +284,10 @@ def model_task(db: str, model: str, options, topic: str, heartbeat_s: float):
     events = Events(worker, topic, model)
     options = worker_options(options, worker)
     with forwarded_log(events):
-        result = pipeline.compute_from_database(db, model, options, EventReporter(events, heartbeat_s))
+        result = pipeline.compute_from_database(db, model, options,
+                                                EventReporter(events, heartbeat_s), survey)
     if isinstance(result, PendingResult):
         result.parameters["dask_worker"] = worker.address
-        result.parameters["seconds"]["worker_total"] = round(
-            sum(v for k, v in result.parameters["seconds"].items()), 3)
     return result
 
 
@@ -266,21 +296,23 @@ def model_task(db: str, model: str, options, topic: str, heartbeat_s: float):
 
 @dataclass
 class ModelState:
-    """What the driver knows about one model's task."""
+    """What the driver knows about one model's task: its worker, and the worker's last
+    report of its stage (a stage's event fields, received at ``reported``)."""
 
     worker: str | None = None
-    line: str = "queued"
+    report: dict = field(default_factory=dict)
     reported: float = field(default_factory=time.monotonic)
     done: bool = False
 
 
 class Board:
     """Every model's state, filled by the workers' events (in Dask's event thread) and read
-    by the driver's heartbeat."""
+    by the driver's heartbeat. ``report_s``: how often a worker reports a running stage."""
 
-    def __init__(self, models):
+    def __init__(self, models, report_s: float):
         self.lock = threading.Lock()
         self.models = {m: ModelState() for m in models}
+        self.report_s = report_s
 
     def on_event(self, event) -> None:
         """``Client.subscribe_topic`` handler: event is (timestamp, message dict)."""
@@ -295,7 +327,7 @@ class Board:
         with self.lock:
             state = self.models[msg["model"]]
             moved, state.worker = state.worker not in (None, worker), worker
-            state.line, state.reported = msg["line"], time.monotonic()
+            state.report, state.reported = msg, time.monotonic()
         if moved:
             log.warning("%s: now on worker %s: the scheduler retries it (its worker died)",
                         msg["model"], worker)
@@ -305,7 +337,8 @@ class Board:
             self.models[model].done = True
 
     def summary(self) -> str:
-        """Each running model's worker, stage and time; how many are queued."""
+        """Each running model's worker, stage and elapsed time (against the estimate, or
+        rows done); how many wait for a worker."""
         now, parts, queued = time.monotonic(), [], 0
         with self.lock:
             for model, s in self.models.items():
@@ -314,12 +347,30 @@ class Board:
                 if s.worker is None:
                     queued += 1
                     continue
-                age = now - s.reported
-                stale = f" (reported {format_seconds(age)} ago)" if age >= 1 else ""
-                parts.append(f"{model} on {s.worker}: {s.line}{stale}")
+                text = stage_text(model, s.report, now - s.reported, self.report_s)
+                parts.append(f"{model} on {s.worker}: {text}")
         if queued:
             parts.append(f"{queued} model(s) waiting for a free worker")
         return "; ".join(parts) or "writing"
+
+
+def stage_text(model: str, r: dict, age: float, report_s: float) -> str:
+    """'cluster: elapsed 12.0s of ~30.0s estimated' from a worker's last stage report,
+    ``age`` seconds old; says so when the worker has been silent past two reports."""
+    if r.get("stage") is None:
+        name = (r.get("finished") or "").removeprefix(f"{model}: ")
+        return f"{name} finished, next stage starting" if name else "starting"
+    name = r["stage"].removeprefix(f"{model}: ")  # stage names carry the model
+    elapsed = r.get("elapsed", 0.0)
+    if age > 2 * report_s + 1:
+        silent = f" (no report from the worker for {format_seconds(age)})"
+    else:
+        elapsed, silent = elapsed + age, ""
+    if r.get("total"):
+        done = f"{r['done']:,}/{r['total']:,} {r['unit']}, "
+        return f"{name}: {done}elapsed {format_seconds(elapsed)}{silent}"
+    estimate = f" of ~{format_seconds(r['estimate_s'])} estimated" if r.get("estimate_s") else ""
+    return f"{name}: elapsed {format_seconds(elapsed)}{estimate}{silent}"
 
 
 def short_worker(address: str) -> str:
@@ -336,14 +387,7 @@ def dask_client(scale: ScaleOut, device: Device | None, options: RunOptions):
 
     with ExitStack() as stack:
         if scale.scheduler:
-            try:
-                client = distributed.Client(scale.scheduler, timeout=scale.connect_timeout_s)
-            except (OSError, TimeoutError) as exc:
-                raise ScaleOutError(
-                    f"cannot reach the Dask scheduler at {scale.scheduler} within "
-                    f"{scale.connect_timeout_s:.0f}s ({type(exc).__name__}); is `dask "
-                    f"scheduler` running there, and the address right?") from None
-            stack.callback(client.close)
+            client = stack.enter_context(connected(distributed, scale))
             log.info("dask: connected to the scheduler at %s (%d worker(s))", scale.scheduler,
                      len(client.scheduler_info().get("workers", {})))
         else:
@@ -376,7 +420,7 @@ def start_local_cluster(distributed: ModuleType, scale: ScaleOut, device: Device
                                  "needs a GPU of its own")
         log.info("dask: starting a LocalCUDACluster of %d worker(s), one per GPU", n)
         return LocalCUDACluster(n_workers=n, threads_per_worker=1, resources={"GPU": 1},
-                                dashboard_address=None)
+                                dashboard_address=":0")
     if scale.workers is None:
         raise ParameterError("--workers gpus: no GPU is usable here; give a number of workers")
     share = worker_share(scale.workers, options.memory_budget)
@@ -385,7 +429,7 @@ def start_local_cluster(distributed: ModuleType, scale: ScaleOut, device: Device
              format_bytes(share.memory_budget), format_bytes(share.memory_limit))
     return distributed.LocalCluster(
         n_workers=share.workers, threads_per_worker=1, processes=True,
-        memory_limit=share.memory_limit, dashboard_address=None,
+        memory_limit=share.memory_limit, dashboard_address=":0",
         env={v: str(share.threads) for v in THREAD_VARIABLES})
 
 
@@ -447,7 +491,8 @@ def cluster_database_on_dask(db: str, options: RunOptions, scale: ScaleOut,
         if models:
             device = None if scale.scheduler else pipeline.resolve_device(options.device)
             with dask_client(scale, device, options) as client:
-                run_tasks(client, db, models, scale, device, options, reporter, outcomes,
+                run_tasks(client, db, {m: surveys[m] for m in models}, scale, device, options,
+                          reporter, outcomes,
                           lambda result: write_model(engine, result, options, reporter,
                                                      kept_dir), where)
     except (KeyboardInterrupt, DatabaseError) as exc:
@@ -491,19 +536,20 @@ def requested_params_agree(kept: PendingResult, options: RunOptions) -> bool:
     return all(v is None or params.get(k) == v for k, v in asked.items())
 
 
-def run_tasks(client, db: str, models: list[str], scale: ScaleOut, device: Device | None,
-              options: RunOptions, reporter: Reporter, outcomes: dict, write, where: list) -> None:
-    """Submit one task per model, then write each result as it arrives (``write``) and
+def run_tasks(client, db: str, models: dict[str, ModelSurvey], scale: ScaleOut,
+              device: Device | None, options: RunOptions, reporter: Reporter, outcomes: dict,
+              write, where: list) -> None:
+    """Submit one task per model (with its survey), then write each result as it arrives (``write``) and
     record every model's outcome in ``outcomes``. Cancels the tasks left on the way out."""
     kind = task_device(client, scale, device, options.device)
     topic = f"gpu-cluster-{os.getpid()}-{time.time_ns()}"
-    board = Board(models)
-    client.subscribe_topic(topic, board.on_event)
     beat = max(1.0, min(reporter.heartbeat_s, DEFAULT_HEARTBEAT_S))
+    board = Board(models, beat)
+    client.subscribe_topic(topic, board.on_event)
     submitted = {client.submit(model_task, db, model, task_options(options, scale, kind), topic,
-                               beat, key=f"{topic}-{model}", pure=False,
+                               beat, survey, key=f"{topic}-{model}", pure=False,
                                resources={"GPU": 1} if kind == "gpu" else None): model
-                 for model in models}
+                 for model, survey in models.items()}
     try:
         where[0] = "waiting for the workers"
         with reporter.stage(f"dask: {len(models)} model(s)", total=len(models),

@@ -103,6 +103,12 @@ def test_unreachable_scheduler_is_one_line_and_a_nonzero_exit(demo_db):
                       "right?"], done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert raw(demo_db, "SELECT count(*) FROM clusteringresult") == [(0,)]
+    checked = subprocess.run([sys.executable, "-m", "gpu_cluster.cli", "cluster", str(demo_db),
+                              "--check", "--scheduler", "tcp://127.0.0.1:9",
+                              "--scheduler-timeout", "1"], capture_output=True, text=True,
+                             timeout=120)
+    assert checked.returncode == ScaleOutError.exit_code
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in checked.stderr
 
 
 @pytest.mark.slow
@@ -170,6 +176,9 @@ def test_a_worker_killed_mid_fit_is_retried_and_every_model_stored_once(demo_db)
     assert len(killed) == 1, log
     assert code == 0, log
     assert "Nomic: now on worker" in log and "the scheduler retries it" in log
+    # the driver's heartbeat: which worker has which model, its stage, elapsed vs estimate
+    assert re.search(r"dask: 2 model\(s\): [01]/2 models .*(Nomic|STSBMpnet) on 127\.0\.0\.1:\d+: "
+                     r"cluster: elapsed [\d.]+s of ~[\d.]+s estimated", log), log
     results = stored(demo_db)
     assert sorted(results) == ["Nomic", "STSBMpnet"]  # stored() asserts: once each
     assert partial_results(demo_db) == 0
@@ -250,6 +259,8 @@ def test_scheduler_address_of_a_running_dask_cluster(demo_template, dask_pair, t
                         "there.sqlite")
     assert code == 0, log
     assert f"dask: connected to the scheduler at {dask_pair} (2 worker(s))" in log
+    code, log = run_cli(["--check", "--scheduler", dask_pair], "there.sqlite")
+    assert code == 0 and f"ok: the Dask scheduler at {dask_pair} answers, with 2 worker(s)" in log
     cluster_database(str(here), RunOptions(downsample=2, models=REAL))
     assert stored(there) == stored(here)
 
@@ -277,9 +288,9 @@ def test_gpu_branch_one_worker_per_gpu_and_one_model_per_card(demo_db, simulated
     spans, lock = [], threading.Lock()
     compute = pipeline.compute_from_database
 
-    def recorded(db, model, options, reporter=None):
+    def recorded(db, model, options, reporter=None, survey=None):
         start = time.monotonic()
-        result = compute(db, model, options, reporter)
+        result = compute(db, model, options, reporter, survey)
         time.sleep(0.3)  # hold the card a little: a second model on it would overlap
         with lock:
             spans.append((distributed.get_worker().address, start, time.monotonic(), options.device))
@@ -292,7 +303,7 @@ def test_gpu_branch_one_worker_per_gpu_and_one_model_per_card(demo_db, simulated
     assert [o.status for o in summary.outcomes] == ["clustered"] * 3
     assert caplog.text.count("] Nomic: read: started") == 1  # forwarded once, not echoed
     assert StandInCudaCluster.calls == [{"n_workers": 2, "threads_per_worker": 1,
-                                         "resources": {"GPU": 1}, "dashboard_address": None}]
+                                         "resources": {"GPU": 1}, "dashboard_address": ":0"}]
     assert {d for *_, d in spans} == {"gpu"} and len({w for w, *_ in spans}) == 2
     for worker in {w for w, *_ in spans}:
         mine = sorted((s, e) for w, s, e, _ in spans if w == worker)
@@ -331,3 +342,14 @@ def test_local_cuda_cluster_on_real_gpus(demo_db):
     for (p,) in raw(demo_db, "SELECT parameters FROM clusteringresult"):
         p = json.loads(p)
         assert p["device"] == "gpu" and p["backend"] == "cuml" and p["dask_worker"]
+
+
+def test_the_drivers_line_for_a_model_counts_time_since_the_workers_last_report():
+    fit = {"stage": "Nomic: cluster", "elapsed": 20.0, "estimate_s": 60.0, "total": None}
+    assert scaleout.stage_text("Nomic", fit, 5.0, 10.0) == "cluster: elapsed 25.0s of ~1m00s estimated"
+    assert scaleout.stage_text("Nomic", fit, 45.0, 10.0) == (
+        "cluster: elapsed 20.0s of ~1m00s estimated (no report from the worker for 45.0s)")
+    read = {"stage": "Nomic: read", "elapsed": 2.0, "done": 1500, "total": 3000, "unit": "rows"}
+    assert scaleout.stage_text("Nomic", read, 1.0, 10.0) == "read: 1,500/3,000 rows, elapsed 3.0s"
+    between = {"stage": None, "finished": "Nomic: read", "elapsed": 3.0}
+    assert scaleout.stage_text("Nomic", between, 0.1, 10.0) == "read finished, next stage starting"
