@@ -576,6 +576,8 @@ def stored_parameters(plan: ModelPlan, loaded: LoadedVectors, labels: Labels, de
         "backend_details": labels.details,
         "versions": library_versions(),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        # the plan's estimates, to check against "seconds" (the time model's accuracy)
+        "estimate_s": {"read": round(plan.read_seconds, 3), "cluster": round(plan.fit_seconds, 3)},
     }
 
 
