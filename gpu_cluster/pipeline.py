@@ -332,7 +332,16 @@ def read_stage(work: ModelWork, env: RunEnv) -> None:
     work.plan = plan_for_rows(work.plan, work.loaded.n, env.options.requested, env.backend,
                               env.available, env.options.batch_size)
     check_plan(work.plan)
+    work.plan = replace(work.plan, fit_seconds=refined_fit_seconds(
+        env.backend, work.loaded.vectors, work.plan.params, work.plan.fit_seconds))
     log.info("%s: %s", work.model, work.plan.memory.reason)
+
+
+def refined_fit_seconds(backend: ModuleType, x, params: P.HdbscanParams, planned: float) -> float:
+    """The fit's estimate once its rows are read (the backend's ``estimate_for_rows``, e.g.
+    from the distinct rows), else the plan's ``planned`` one."""
+    refine = getattr(backend, "estimate_for_rows", None)
+    return planned if refine is None else refine(x, params)
 
 
 def normalise_stage(work: ModelWork, env: RunEnv) -> None:

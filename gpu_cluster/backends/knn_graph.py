@@ -199,12 +199,31 @@ def free_memory() -> int:
 # Rough, for plans and heartbeats; measured on this project's 2-core machine (768-d):
 # dense path ~2·m²·d float64 flops at ~45 GFLOP/s plus Prim at ~3 ns per matrix entry
 # (3,000 rows: 0.3 s); HNSW build + search ~0.32 ms per row at k = 42 (1.1M rows: 352 s),
-# graph + MST ~1 µs per edge (44 s); joins at most about the search's time.
-def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
-    """Rough (seconds, peak host bytes) of one fit of n x dim rows."""
-    k = graph_k(params)
-    if n <= dense_mst.DENSE_MAX_ROWS:
-        seconds = 2.0 * n * n * dim / 45e9 + 3e-9 * n * n
+# graph + MST ~1 µs per edge (44 s); joins at most about the search's time. Every fit also
+# pays a fixed start (the child process, the result's way back) and hashes its n rows.
+FIT_FIXED_S = 0.03
+HASH_S_PER_VALUE = 1e-9
+
+
+def fit_seconds(n: int, m: int, dim: int, params: HdbscanParams) -> float:
+    """Rough seconds of one fit of n rows of width dim, m of them distinct (the fit works
+    on the distinct rows: the dense path up to DENSE_MAX_ROWS of them, the k-NN graph above)."""
+    if m <= dense_mst.DENSE_MAX_ROWS:
+        work = 2.0 * m * m * dim / 45e9 + 3e-9 * m * m
     else:
-        seconds = 3.2e-4 * n * (dim / 768) * (k / 42) ** 0.5 + 1e-6 * n * k
-    return seconds, peak_bytes(n, dim, params.min_samples)
+        k = graph_k(params, m)
+        work = 3.2e-4 * m * (dim / 768) * (k / 42) ** 0.5 + 1e-6 * m * k
+    return FIT_FIXED_S + HASH_S_PER_VALUE * n * dim + work
+
+
+def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
+    """Rough (seconds, peak host bytes) of one fit of n x dim rows, all taken as distinct
+    (a plan reads no vector; ``estimate_for_rows`` knows better once they are read)."""
+    return fit_seconds(n, n, dim, params), peak_bytes(n, dim, params.min_samples)
+
+
+def estimate_for_rows(x: np.ndarray, params: HdbscanParams) -> float:
+    """Rough seconds of the fit of these rows ((n, d) float32), from their distinct count
+    (a hash per row: ~1 s at 1.1M x 768, paid once the rows are read)."""
+    m = int(np.unique(knn.row_hashes(x)).shape[0])
+    return fit_seconds(x.shape[0], m, x.shape[1], params)

@@ -1,0 +1,76 @@
+"""The fit-time estimate a run logs against the fit's measured time, per size.
+
+    python benchmarks/estimates.py [--sizes 600,3000,6000,20000,60000,110000] [--duplicates 0.3,0.7]
+                                   [--backend knn] [--out DIR]
+
+For each size and duplicate fraction: synthetic embedding-shaped rows (benchmarks/
+synthetic.py), the plan a run makes for them (``planner.plan_rows``, the parameters the
+defaults give), the estimate the run's heartbeat shows once the rows are read
+(``pipeline.refined_fit_seconds``), and the fit as a run does it (``isolation.fit``: a forked
+child), timed. Reports measured / estimated (the goal: within 0.5-2 at every size).
+Writes ``results.json`` and ``results.csv`` under ``--out`` (default
+``out/estimates-<UTC timestamp>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.synthetic import SyntheticSpec, synthetic_embeddings
+from gpu_cluster import isolation
+from gpu_cluster import params as P
+from gpu_cluster.backends import load_backend
+from gpu_cluster.budget import default_host_budget
+from gpu_cluster.pipeline import refined_fit_seconds
+from gpu_cluster.planner import plan_rows
+
+
+def measure(n: int, duplicates: float, backend, dim: int) -> dict:
+    x = synthetic_embeddings(n, dim, seed=5, spec=SyntheticSpec(duplicates=duplicates))
+    plan = plan_rows("synthetic", n, dim, P.RequestedParams(), backend, default_host_budget())
+    estimate = refined_fit_seconds(backend, x, plan.params, plan.fit_seconds)
+    start = time.perf_counter()
+    labels = isolation.fit(backend, x, plan.params)
+    seconds = time.perf_counter() - start
+    return {"n": n, "duplicates": duplicates, "min_samples": plan.params.min_samples,
+            "planned_s": round(plan.fit_seconds, 3), "estimate_s": round(estimate, 3),
+            "measured_s": round(seconds, 3), "measured_over_estimate": round(seconds / estimate, 2),
+            "n_clusters": labels.n_clusters, "details": labels.details}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="600,3000,6000,20000,60000,110000")
+    parser.add_argument("--duplicates", default="0.3,0.7")
+    parser.add_argument("--backend", default="knn")
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--out", type=Path, default=Path("out") / time.strftime(
+        "estimates-%Y%m%dT%H%M%SZ", time.gmtime()))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    backend = load_backend("cpu", args.backend)
+    rows = []
+    for n in (int(s) for s in args.sizes.split(",")):
+        for dup in (float(d) for d in args.duplicates.split(",")):
+            rows.append(measure(n, dup, backend, args.dim))
+            r = rows[-1]
+            print(f"n={n:>8} dup={dup:.1f} min_samples={r['min_samples']:>4} planned "
+                  f"{r['planned_s']:>8.2f}s estimate {r['estimate_s']:>8.2f}s measured "
+                  f"{r['measured_s']:>8.2f}s ratio {r['measured_over_estimate']:>5.2f}", flush=True)
+    (args.out / "results.json").write_text(json.dumps({"runs": rows}, indent=2, default=str) + "\n")
+    flat = [k for k in rows[0] if k != "details"]
+    with open(args.out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=flat)
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in flat} for r in rows)
+    print(f"wrote {args.out}/results.json and results.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
