@@ -7,7 +7,9 @@ For each size and duplicate fraction: synthetic embedding-shaped rows (benchmark
 synthetic.py), the plan a run makes for them (``planner.plan_rows``, the parameters the
 defaults give), the estimate the run's heartbeat shows once the rows are read
 (``pipeline.refined_fit_seconds``), and the fit as a run does it (``isolation.fit``: a forked
-child), timed. Reports measured / estimated (the goal: within 0.5-2 at every size).
+child), timed, then the medoids; peak RSS of this process and of the fit children (the
+peaks so far: run one size per process for a size's own). Reports measured / estimated
+(the goal: within 0.5-2 at every size).
 Writes ``results.json`` and ``results.csv`` under ``--out`` (default
 ``out/estimates-<UTC timestamp>``).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -26,6 +29,7 @@ from gpu_cluster import isolation
 from gpu_cluster import params as P
 from gpu_cluster.backends import load_backend
 from gpu_cluster.budget import default_host_budget
+from gpu_cluster.medoids import medoid_indices
 from gpu_cluster.pipeline import refined_fit_seconds
 from gpu_cluster.planner import plan_rows
 
@@ -37,10 +41,19 @@ def measure(n: int, duplicates: float, backend, dim: int) -> dict:
     start = time.perf_counter()
     labels = isolation.fit(backend, x, plan.params)
     seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    medoid_indices(x, labels.labels, labels.probabilities)
+    medoid_s = time.perf_counter() - start
+    kib = 1024  # ru_maxrss is in KiB on Linux
     return {"n": n, "duplicates": duplicates, "min_samples": plan.params.min_samples,
+            "requested_min_samples": plan.memory.requested_min_samples,
             "planned_s": round(plan.fit_seconds, 3), "estimate_s": round(estimate, 3),
             "measured_s": round(seconds, 3), "measured_over_estimate": round(seconds / estimate, 2),
-            "n_clusters": labels.n_clusters, "details": labels.details}
+            "medoids_s": round(medoid_s, 3), "n_clusters": labels.n_clusters,
+            "noise": round(float((labels.labels == -1).mean()), 4),
+            "peak_rss_parent_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib / 2**30, 2),
+            "peak_rss_fit_child_gib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib / 2**30, 2),
+            "details": labels.details}
 
 
 def main() -> int:

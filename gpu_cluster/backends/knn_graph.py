@@ -212,8 +212,19 @@ def fit_seconds(n: int, m: int, dim: int, params: HdbscanParams) -> float:
         work = 2.0 * m * m * dim / 45e9 + 3e-9 * m * m
     else:
         k = graph_k(params, m)
-        work = 3.2e-4 * m * (dim / 768) * (k / 42) ** 0.5 + 1e-6 * m * k
+        work = 3.2e-4 * m * (dim / 768) * (k / 42) ** 0.5 + 1e-6 * m * k + bridge_seconds(m, dim)
     return FIT_FIXED_S + HASH_S_PER_VALUE * n * dim + work
+
+
+BRIDGE_FLOPS = 3e10  # float32 GEMM of the bridge searches, 2 cores (40k rows: 5e8 pairs in 24.8 s)
+
+
+def bridge_seconds(m: int, dim: int) -> float:
+    """The dense-fragment bridges' search (component_joins): as many row pairs as the
+    fragments need, up to its budget; embedding-shaped rows have many fragments, so it is
+    taken as min(budget, m²/4) pairs."""
+    pairs = min(component_joins.BRIDGE_BUDGET_PAIRS, m * m / 4)
+    return 2.0 * pairs * dim / BRIDGE_FLOPS
 
 
 def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
