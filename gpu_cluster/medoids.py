@@ -4,12 +4,14 @@ For cluster c with members i, j and membership probabilities w, the medoid is
 
     argmin_i  sum_j  w_j * ||x_i - x_j||
 
-(the first such member in row order on ties). Distances are computed in
+(the first such member in row order on ties). A row repeated in a cluster (a repeated text)
+is scored once, its copies' weights summed: the same objective over fewer rows (CPU; a
+device array keeps every row). Distances are computed in
 ``(block, block)`` tiles, upcast to float64 as scikit-learn does, so memory stays bounded
 by the block size however large a cluster is — never an m x m matrix. Written once for
 NumPy and CuPy.
 
-Exact up to ``EXACT_MAX_MEMBERS`` members (cost m²·d: ~0.5 s at 5,000, 768-d). Above
+Exact up to ``EXACT_MAX_MEMBERS`` distinct members (cost m²·d: ~0.5 s at 5,000, 768-d). Above
 that — a cluster of 500k members would take hours — the medoid is approximated in two steps: every member's
 objective is *estimated* against a weighted random sample of ``SAMPLE_SIZE`` members,
 then the ``CANDIDATES`` best estimates are scored *exactly* against all members and the
@@ -22,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .device import array_module, to_host
+from .distinct import row_hashes, rows_equal
 
 DEFAULT_BLOCK = 2048
 EXACT_MAX_MEMBERS = 5_000
@@ -103,9 +106,35 @@ def medoid_indices(
     limit = EXACT_MAX_MEMBERS if exact_max_members is None else exact_max_members
     n_clusters = int(labels.max()) + 1 if labels.size else 0
     result = np.empty(n_clusters, dtype=np.int64)
+    hashes = row_hashes(x) if n_clusters and array_module(x) is np else None
     for c, members in enumerate(member_indices(labels, n_clusters)):
-        medoid = exact_medoid if members.size <= limit else approximate_medoid
-        result[c] = medoid(x, members, probabilities[members], block=block)
+        rows, weights = members, probabilities[members]
+        if hashes is not None:
+            rows, weights = distinct_members(x, members, weights, hashes[members])
+        medoid = exact_medoid if rows.size <= limit else approximate_medoid
+        result[c] = medoid(x, rows, weights, block=block)
         if on_cluster is not None:
             on_cluster()
     return result
+
+
+def distinct_members(x: np.ndarray, members: np.ndarray, weights: np.ndarray,
+                     hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct row among ``members`` once (its first, in row order), with the summed
+    weights of its copies: the same objective for every candidate, over fewer rows.
+
+    members: (m,) int64 ascending; weights: (m,) float64; hashes: (m,) uint64 of their rows.
+    Returns (rows (u,) int64 ascending, weights (u,) float64); the inputs unchanged on a
+    hash collision.
+    """
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    if first.size == members.size:
+        return members, weights
+    inverse = inverse.ravel()
+    if not rows_equal(x, members, members[first[inverse]]):
+        return members, weights
+    order = np.argsort(first, kind="stable")  # first occurrences in row order: ties as before
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return members[first[order]], np.bincount(rank[inverse], weights=weights,
+                                              minlength=first.size)

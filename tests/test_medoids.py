@@ -76,3 +76,33 @@ def test_approximate_medoid_is_close_to_exact(monkeypatch):
         objective = dict(zip(members.tolist(), s))
         assert objective[int(approx[c])] <= 1.01 * objective[int(exact[c])]
         assert objective[int(approx[c])] >= objective[int(exact[c])]
+
+
+def brute_medoid(x, members, w):
+    """argmin_i sum_j w_j ||x_i - x_j|| over every member (float64), first on ties."""
+    a = x[members].astype(np.float64)
+    d = np.sqrt(np.maximum(((a[:, None, :] - a[None, :, :]) ** 2).sum(-1), 0.0))
+    return members[int(np.argmin(d @ w))]
+
+
+def test_repeated_rows_count_once_with_their_summed_weights():
+    rng = np.random.default_rng(4)
+    base = blobs(120, 16, seed=4, centres=2)
+    x = base[rng.integers(0, 120, size=900)]  # 900 rows, ~120 distinct, repeats everywhere
+    labels = (x[:, 0] > np.median(x[:, 0])).astype(np.int64)
+    probs = rng.uniform(0.2, 1.0, size=900)
+    got = medoid_indices(x, labels, probs, block=64)
+    for c, members in enumerate(member_indices(labels, 2)):
+        assert got[c] == brute_medoid(x, members, probs[members])
+    # the approximate path scores the distinct rows too: with as many distinct members as
+    # the exact limit allows, a cluster of 450 rows is exact
+    exact = medoid_indices(x, labels, probs, exact_max_members=130)
+    assert np.array_equal(exact, got)
+
+
+def test_distinct_members_keeps_first_occurrences_in_row_order():
+    x = np.array([[1, 0], [0, 1], [1, 0], [0, 1], [1, 1]], np.float32)
+    members = np.arange(5)
+    rows, w = medoids.distinct_members(x, members, np.array([1., 2., 3., 4., 5.]),
+                                       medoids.row_hashes(x))
+    assert rows.tolist() == [0, 1, 4] and w.tolist() == [4.0, 6.0, 5.0]

@@ -31,6 +31,7 @@ import scipy.sparse as sp
 from scipy.sparse import csgraph
 
 from ..budget import default_host_budget, plan_linear
+from ..distinct import row_hashes
 from ..labels import Labels
 from ..params import HdbscanParams
 from . import component_joins, dense_mst
@@ -236,5 +237,5 @@ def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
 def estimate_for_rows(x: np.ndarray, params: HdbscanParams) -> float:
     """Rough seconds of the fit of these rows ((n, d) float32), from their distinct count
     (a hash per row: ~1 s at 1.1M x 768, paid once the rows are read)."""
-    m = int(np.unique(knn.row_hashes(x)).shape[0])
+    m = int(np.unique(row_hashes(x)).shape[0])
     return fit_seconds(x.shape[0], m, x.shape[1], params)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..distinct import row_hashes, rows_equal
+
 # Up to this many distinct rows the search is exact: blocked NumPy GEMM + argpartition
 # (~111 GFLOP/s here, where faiss's bundled OpenBLAS 0.3.15 falls back to generic
 # "Prescott" kernels at ~16 GFLOP/s). Its m² cost passes HNSW's near 20k x 768 rows.
@@ -52,20 +54,6 @@ class DistinctRows:
         return int(self.rep_rows.shape[0])
 
 
-def row_hashes(x: np.ndarray, *, seed: int = 0x5EED) -> np.ndarray:
-    """(n,) uint64 hash of each row's bytes (multiply-add over 64-bit words, wrapping)."""
-    words = x.shape[1] * x.itemsize // 8
-    rng = np.random.default_rng(seed)
-    mult = rng.integers(1, 2**63, size=words, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-    out = np.empty(x.shape[0], np.uint64)
-    flat = np.ascontiguousarray(x).view(np.uint8).reshape(x.shape[0], -1)
-    for s in range(0, x.shape[0], _BLOCK):
-        blk = flat[s : s + _BLOCK, : words * 8].view(np.uint64)
-        with np.errstate(over="ignore"):
-            out[s : s + _BLOCK] = (blk * mult).sum(axis=1, dtype=np.uint64)
-    return out
-
-
 def distinct_rows(x: np.ndarray) -> DistinctRows:
     """Group the rows of ``x`` ((n, d) float32) by identical bytes."""
     hashes = row_hashes(x)
@@ -84,10 +72,7 @@ def distinct_rows(x: np.ndarray) -> DistinctRows:
 
 
 def _groups_are_identical(x, first, inverse) -> bool:
-    for s in range(0, x.shape[0], _BLOCK):
-        if not np.array_equal(x[s : s + _BLOCK], x[first[inverse[s : s + _BLOCK]]]):
-            return False
-    return True
+    return rows_equal(x, np.arange(x.shape[0]), first[inverse])
 
 
 @dataclass
