@@ -65,7 +65,7 @@ class ScaleOut:
 
     workers: int | None = None
     scheduler: str | None = None
-    local_gpu: bool = False  # a local cluster asked for without a worker count
+    local_gpu: bool = False  # --workers gpus: a local cluster of one worker per visible GPU
     connect_timeout_s: float = CONNECT_TIMEOUT_S
 
     def __post_init__(self):
@@ -74,6 +74,9 @@ class ScaleOut:
         if self.workers is not None and self.scheduler:
             raise ParameterError("--workers starts a local Dask cluster and --scheduler uses "
                                  "another one: give one of them")
+        if self.workers is None and not self.scheduler and not self.local_gpu:
+            raise ParameterError("a scale-out run needs --workers N, --workers gpus or "
+                                 "--scheduler ADDRESS")
 
 
 @dataclass(frozen=True)
