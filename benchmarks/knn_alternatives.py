@@ -2,6 +2,7 @@
 
     python benchmarks/knn_alternatives.py [--n 200000] [--dim 768] [--k 32]
         [--queries 2000] [--seed 0] [--methods a,b,...] [--out DIR]
+        [--keep-neighbours] [--ari | --ari-only]
 
 The rows are ``synthetic_embeddings(n, dim, seed)`` (benchmarks/synthetic.py), reduced to
 their *distinct* rows as the knn backend searches them (``knn_search.distinct_rows``),
@@ -30,6 +31,14 @@ efSearch = the backend's rule max(64, 2(k+1))):
 * ``pca128`` / ``pca256``: PCA (numpy SVD on a 20k-row sample) to 128 / 256 dims, an
   ``IndexHNSWFlat`` (L2 on the projected rows) searched for 2k candidates, re-ranked
   exactly by full-dimension inner products, best k kept. Projection time counts as build.
+
+``--ari`` (or ``--ari-only`` on an ``--out`` kept by ``--keep-neighbours``) then clusters
+the n rows with the knn backend's own ``knn_graph.fit``, its k-NN lists taken from each
+method (``clustering_ari``: nothing under gpu_cluster/ is changed; ``min_samples = k`` so
+the graph's k is the searched k), and reports the ARI against ``current``'s labels, plus
+each method's k-th-neighbour distance error on the sampled queries (``kth_distance_error``:
+the core distance is what HDBSCAN sees, and recall@k alone hides searches that get stuck
+in another cluster).
 
 Writes ``results.json`` and ``results.csv`` under ``--out`` (default
 ``out/knn-alternatives-<UTC timestamp>``; ``out/`` is git-ignored) and prints a table.
