@@ -28,7 +28,12 @@ EXACT_BLOCK_ROWS = 2048
 # Above EXACT_MAX_ROWS: faiss HNSW (a navigable graph; faiss's own SIMD code, no BLAS).
 # Measured on 2 cores: HNSW (M=16, efC=64, efS=64) built in ~29 s and searched in
 # ~35 s with recall 0.93 at 200k distinct 768-d rows, where IVF (nprobe 8, 141k rows)
-# took 94 s + 91 s for recall@32 0.88; so IVF was dropped.
+# took 94 s + 91 s for recall@32 0.88; so IVF was dropped. Recall depends on the data:
+# on benchmarks/synthetic.py's rows (isotropic noise around 300 centres, where the 32
+# nearest are almost equidistant) it is 0.57 at 200k with efS=66, yet the 32nd
+# neighbour's distance is off by 1.6% on average; hnswlib, usearch (f16/i8), faiss's
+# HNSWSQ and a PCA pre-projection were measured against it on those rows
+# (benchmarks/knn_alternatives.py, README): none is faster at the same clustering.
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH_MIN = 64
