@@ -37,6 +37,8 @@ from gpu_cluster.planner import plan_rows
 def measure(n: int, duplicates: float, backend, dim: int) -> dict:
     x = synthetic_embeddings(n, dim, seed=5, spec=SyntheticSpec(duplicates=duplicates))
     plan = plan_rows("synthetic", n, dim, P.RequestedParams(), backend, default_host_budget())
+    if not plan.ready:  # what a run would report instead of fitting
+        return {"n": n, "duplicates": duplicates, "failure": plan.failure or plan.skip_reason}
     estimate = refined_fit_seconds(backend, x, plan.params, plan.fit_seconds)
     start = time.perf_counter()
     labels = isolation.fit(backend, x, plan.params)
@@ -72,15 +74,18 @@ def main() -> int:
         for dup in (float(d) for d in args.duplicates.split(",")):
             rows.append(measure(n, dup, backend, args.dim))
             r = rows[-1]
+            if "failure" in r:
+                print(f"n={n:>8} dup={dup:.1f} not run: {r['failure']}", flush=True)
+                continue
             print(f"n={n:>8} dup={dup:.1f} min_samples={r['min_samples']:>4} planned "
                   f"{r['planned_s']:>8.2f}s estimate {r['estimate_s']:>8.2f}s measured "
                   f"{r['measured_s']:>8.2f}s ratio {r['measured_over_estimate']:>5.2f}", flush=True)
     (args.out / "results.json").write_text(json.dumps({"runs": rows}, indent=2, default=str) + "\n")
-    flat = [k for k in rows[0] if k != "details"]
+    flat = [k for k in max(rows, key=len) if k != "details"]
     with open(args.out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=flat)
         writer.writeheader()
-        writer.writerows({k: r[k] for k in flat} for r in rows)
+        writer.writerows({k: r.get(k) for k in flat} for r in rows)
     print(f"wrote {args.out}/results.json and results.csv")
     return 0
 

@@ -135,6 +135,17 @@ def test_min_samples_is_capped_to_the_budget():
     assert fixed + per_k * (plan.min_samples + 1) > 12 * GIB  # the largest that fits
 
 
+def test_the_default_budget_of_a_24_gib_machine_plans_a_fit_at_1_1m_rows():
+    """45% of 24 GiB (this project's machines): the user's real size must not be refused.
+    The dense path's matrix and the k-NN path's distinct copy never coexist."""
+    p = resolve(RequestedParams(), 1_100_000)
+    plan = knn_graph.plan_params(p, 1_100_000, 768, available=int(0.45 * 24 * GIB),
+                                 explicit=False)
+    assert plan.capped and knn_graph.MIN_GRAPH_K <= plan.min_samples < 100
+    dense_only = knn_graph.peak_bytes(20_000, 768, 2)  # the dense path's own peak fits too
+    assert dense_only < 2 * GIB
+
+
 def test_explicit_min_samples_that_cannot_fit_is_refused():
     p = resolve(RequestedParams(min_samples=1000), 1_100_000)
     with pytest.raises(MemoryBudgetError, match=r"--min-samples 1000 does not fit in host "

@@ -169,12 +169,16 @@ BYTES_PER_NEIGHBOUR = 96
 def memory_model(n: int, dim: int) -> tuple[int, int]:
     """(fixed, per-neighbour) peak host bytes of a fit, including the float32 input.
 
-    The input and the distinct-row copy are fixed, and so is the larger of HNSW's links
-    and the dense path's matrix (used while the distinct rows are few, which a plan cannot
-    know); the kNN graph grows with the neighbours searched, ``graph_k``.
+    The input is fixed; on top of it, the larger of the two paths' own fixed bytes (a plan
+    cannot know which runs: that depends on the distinct rows): the k-NN path's
+    distinct-row copy (up to n rows) and HNSW's links, or the dense path's matrix and
+    its distinct rows (at most DENSE_MAX_ROWS of them). The kNN graph grows with the
+    neighbours searched, ``graph_k``.
     """
-    dense = dense_mst.matrix_bytes(min(n, dense_mst.DENSE_MAX_ROWS))
-    return 2 * 4 * n * dim + max(2 * knn.HNSW_M * 4 * n, dense), BYTES_PER_NEIGHBOUR * n
+    rows = min(n, dense_mst.DENSE_MAX_ROWS)
+    dense = dense_mst.matrix_bytes(rows) + 4 * rows * dim
+    graph_path = 4 * n * dim + 2 * knn.HNSW_M * 4 * n
+    return 4 * n * dim + max(graph_path, dense), BYTES_PER_NEIGHBOUR * n
 
 
 def peak_bytes(n: int, dim: int, min_samples: int) -> int:
