@@ -201,13 +201,19 @@ def free_memory() -> int:
     return default_host_budget()
 
 
-# Rough, for plans and heartbeats; measured on this project's 2-core machine (768-d):
-# dense path ~2·m²·d float64 flops at ~45 GFLOP/s plus Prim at ~3 ns per matrix entry
-# (3,000 rows: 0.3 s); HNSW build + search ~0.32 ms per row at k = 42 (1.1M rows: 352 s),
-# graph + MST ~1 µs per edge (44 s); joins at most about the search's time. Every fit also
-# pays a fixed start (the child process, the result's way back) and hashes its n rows.
+# Rough, for plans and heartbeats; fitted to fits measured alone on this project's 2-core
+# machine (benchmarks/estimates.py, synthetic 768-d, 30% repeats): the dense path ~2·m²·d
+# float64 flops at ~45 GFLOP/s plus Prim at ~3 ns per matrix entry; HNSW per distinct row
+# and ln(rows), a build part plus a part per efSearch (1.1M rows, efS 86: k-NN 260 s;
+# 110k rows, efS 222: 22 s); graph + MST ~1 µs per edge (1.1M x 42: 32 s); the bridges'
+# search half its pair budget (6.5 s at 110k, 28 s at 1.1M). Every fit also pays a fixed
+# start (the child process, the result's way back) and groups its n rows (8.7 s at 1.1M).
 FIT_FIXED_S = 0.03
-HASH_S_PER_VALUE = 1e-9
+HASH_S_PER_VALUE = 1e-8
+HNSW_BUILD_S = 2.06e-5  # per row per ln(rows), 768-d, M=16, efConstruction=64
+HNSW_SEARCH_S = 5e-8  # per row per ln(rows) per efSearch, 768-d
+EDGE_S = 1e-6  # graph + MST, per edge
+BRIDGE_FLOPS = 3e10  # float32 GEMM of the bridge searches, 2 cores (5e8 pairs: 24.8 s)
 
 
 def fit_seconds(n: int, m: int, dim: int, params: HdbscanParams) -> float:
@@ -217,18 +223,16 @@ def fit_seconds(n: int, m: int, dim: int, params: HdbscanParams) -> float:
         work = 2.0 * m * m * dim / 45e9 + 3e-9 * m * m
     else:
         k = graph_k(params, m)
-        work = 3.2e-4 * m * (dim / 768) * (k / 42) ** 0.5 + 1e-6 * m * k + bridge_seconds(m, dim)
+        ef = max(knn.HNSW_EF_SEARCH_MIN, 2 * (k + 1))
+        hnsw = m * np.log(m) * (dim / 768) * (HNSW_BUILD_S + HNSW_SEARCH_S * ef)
+        work = hnsw + EDGE_S * m * k + bridge_seconds(m, dim)
     return FIT_FIXED_S + HASH_S_PER_VALUE * n * dim + work
-
-
-BRIDGE_FLOPS = 3e10  # float32 GEMM of the bridge searches, 2 cores (40k rows: 5e8 pairs in 24.8 s)
 
 
 def bridge_seconds(m: int, dim: int) -> float:
     """The dense-fragment bridges' search (component_joins): as many row pairs as the
-    fragments need, up to its budget; embedding-shaped rows have many fragments, so it is
-    taken as min(budget, m²/4) pairs."""
-    pairs = min(component_joins.BRIDGE_BUDGET_PAIRS, m * m / 4)
+    fragments need, up to its budget; taken as half the budget (at most m²/4 pairs)."""
+    pairs = min(component_joins.BRIDGE_BUDGET_PAIRS / 2, m * m / 4)
     return 2.0 * pairs * dim / BRIDGE_FLOPS
 
 
