@@ -78,7 +78,7 @@ def test_medoids_agree_between_cupy_and_numpy(cupy, embeddings, reference_labels
     assert on_gpu.dtype == np.int64 and on_gpu.shape == on_cpu.shape
     for c in np.flatnonzero(on_gpu != on_cpu):  # only a float-rounding tie may differ
         members = np.flatnonzero(labels == c)
-        sums = weighted_distance_sums(embeddings, members, probs[members])
+        sums = weighted_distance_sums(embeddings, members, members, probs[members])
         best, chosen = sums.min(), sums[np.searchsorted(members, on_gpu[c])]
         assert chosen == pytest.approx(best, rel=1e-9)
 
