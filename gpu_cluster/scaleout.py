@@ -522,11 +522,8 @@ def store_kept_first(engine, snapshot: Snapshot, surveys: dict, options: RunOpti
                              kept_dir)
         log.info("%s: the result kept in %s: %s, %s", kept.model, kept.path, outcome.status,
                  outcome.detail)
-        if outcome.status == "stored":
-            done[kept.model] = ModelOutcome(
-                kept.model, "clustered", "", int(kept.labels.shape[0]),
-                int(kept.medoid_rows.shape[0]), int((kept.labels == -1).sum()),
-                outcome.detail.removeprefix("result ").removeprefix("already, as result "))
+        if outcome.status == "stored":  # under the id it was computed with
+            done[kept.model] = stored_outcome(kept, kept.result_id, {})
     return done
 
 

@@ -21,7 +21,7 @@ import pytest
 distributed = pytest.importorskip("distributed")
 psutil = pytest.importorskip("psutil")
 
-from gpu_cluster import pipeline, scaleout  # noqa: E402
+from gpu_cluster import pending, pipeline, scaleout  # noqa: E402
 from gpu_cluster.device import gpu_status  # noqa: E402
 from gpu_cluster.errors import ParameterError, ScaleOutError  # noqa: E402
 from gpu_cluster.pipeline import RunOptions, cluster_database  # noqa: E402
@@ -30,6 +30,7 @@ from helpers import raw  # noqa: E402
 from test_gpu_pipeline_simulated import simulated_gpu  # noqa: E402,F401 (fixture)
 from test_cuml_adapter import stand_in  # noqa: E402,F401 (fixture)
 from test_interrupt import partial_results  # noqa: E402
+from test_pending import OPTIONS as KEPT_OPTIONS, keep_under_lock  # noqa: E402
 
 REAL = ("Nomic", "STSBMpnet", "STSBRoberta")
 WORKER_LINE = re.compile(r"\[([0-9.]+):(\d+)\] (\w+): cluster: started")
@@ -66,6 +67,22 @@ def test_local_cluster_of_two_processes_matches_the_in_process_run(demo_template
     budget = {json.loads(p)["memory_plan"]["budget_bytes"] for (p,) in
               raw(there, "SELECT parameters FROM clusteringresult")}
     assert budget == {scaleout.worker_share(2).memory_budget}  # each plans with its share
+
+
+@pytest.mark.slow
+def test_a_kept_result_is_stored_by_the_driver_not_computed_again(demo_db):
+    path = keep_under_lock(demo_db)
+    kept = pending.load(path)
+    summary = cluster_database_on_dask(str(demo_db), KEPT_OPTIONS, ScaleOut(workers=1))
+    assert [(o.model, o.status) for o in summary.outcomes] == [("Nomic", "clustered"),
+                                                               ("STSBMpnet", "clustered")]
+    nomic = summary.outcomes[0]
+    assert (nomic.result_id, nomic.n, nomic.n_clusters) == (
+        kept.result_id, kept.labels.shape[0], kept.medoid_rows.shape[0])
+    assert not path.exists() and sorted(stored(demo_db)) == ["Nomic", "STSBMpnet"]
+    params = dict(raw(demo_db, "SELECT embedding_model, parameters FROM clusteringresult"))
+    assert "dask_worker" not in json.loads(params["Nomic"])  # no task ran for it
+    assert "dask_worker" in json.loads(params["STSBMpnet"])
 
 
 @pytest.mark.slow
@@ -169,11 +186,17 @@ def kill_worker_of(model: str, times: int):
 SLOW = ["--algorithm", "reference", "-m", "Nomic", "-m", "STSBMpnet", "--heartbeat", "2"]
 
 
+def run_killing_nomics_worker(demo_db, times: int) -> tuple[int, str]:
+    """Run the slow models on 2 workers, SIGKILLing Nomic's worker ``times`` times."""
+    on_line, killed = kill_worker_of("Nomic", times=times)
+    code, log = run_cli(["--workers", "2", *SLOW], demo_db, on_line)
+    assert len(killed) == times, log
+    return code, log
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_fit_is_retried_and_every_model_stored_once(demo_db):
-    on_line, killed = kill_worker_of("Nomic", times=1)
-    code, log = run_cli(["--workers", "2", *SLOW], demo_db, on_line)
-    assert len(killed) == 1, log
+    code, log = run_killing_nomics_worker(demo_db, times=1)
     assert code == 0, log
     assert "Nomic: now on worker" in log and "the scheduler retries it" in log
     # the driver's heartbeat: which worker has which model, its stage, elapsed vs estimate
@@ -186,9 +209,7 @@ def test_a_worker_killed_mid_fit_is_retried_and_every_model_stored_once(demo_db)
 
 @pytest.mark.slow
 def test_a_model_whose_worker_dies_twice_fails_while_the_others_go_on(demo_db):
-    on_line, killed = kill_worker_of("Nomic", times=2)
-    code, log = run_cli(["--workers", "2", *SLOW], demo_db, on_line)
-    assert len(killed) == 2, log
+    code, log = run_killing_nomics_worker(demo_db, times=2)
     assert code == 1, log
     assert re.search(r"Nomic: clustering failed: its worker died while running it, on every "
                      r"try the scheduler allows", log), log
