@@ -96,7 +96,7 @@ def approximate_medoid(x, members, weights, *, seed: int = 0, block: int = DEFAU
 
 def medoid_indices(
     x, labels: np.ndarray, probabilities: np.ndarray, *, block: int = DEFAULT_BLOCK,
-    exact_max_members: int | None = None, on_cluster=None,
+    exact_max_members: int | None = None, on_cluster=None, hashes: np.ndarray | None = None,
 ) -> np.ndarray:
     """Row index of each cluster's medoid.
 
@@ -106,13 +106,15 @@ def medoid_indices(
         probabilities: (n,) float64 host array of membership strengths.
         exact_max_members: clusters up to this size are exact (default EXACT_MAX_MEMBERS).
         on_cluster: called with no argument after each cluster (progress).
+        hashes: (n,) uint64 ``row_hashes(x)`` when the caller has them (host x only).
     Returns:
         (k,) int64 host array: ``result[c]`` is the row of cluster c's medoid.
     """
     limit = EXACT_MAX_MEMBERS if exact_max_members is None else exact_max_members
     n_clusters = int(labels.max()) + 1 if labels.size else 0
     result = np.empty(n_clusters, dtype=np.int64)
-    hashes = row_hashes(x) if n_clusters and array_module(x) is np else None
+    if hashes is None and n_clusters and array_module(x) is np:
+        hashes = row_hashes(x)
     for c, members in enumerate(member_indices(labels, n_clusters)):
         rows, weights = members, probabilities[members]
         if hashes is not None:

@@ -39,7 +39,8 @@ from .labels import Labels
 from .budget import MemoryBudgetError
 from . import pending
 from .database import DEFAULT_LOCK_TIMEOUT_S, Snapshot, database_errors, open_database, parse_target
-from .device import Device, resolve_device, to_host
+from .device import Device, array_module, resolve_device, to_host
+from .distinct import row_hashes
 from .errors import DatabaseError, ModelSkipped, ResultKept, UnknownName
 from .ids import new_ids
 from .loading import LoadedVectors, load_vectors, mostly_unusable_reason, normalise_rows
@@ -173,12 +174,14 @@ class RunEnv:
 
 @dataclass
 class ModelWork:
-    """One model's data as the stages fill it in: the plan, then the rows read, the labels
-    and the medoid rows ((k,) int64 row of each cluster's medoid)."""
+    """One model's data as the stages fill it in: the plan, then the rows read, their
+    hashes (identical rows: the fit's estimate and the medoids use them), the labels and
+    the medoid rows ((k,) int64 row of each cluster's medoid)."""
 
     survey: ModelSurvey | None  # None for rows not from a database (benchmarks' synthetic)
     plan: ModelPlan
     loaded: LoadedVectors | None = None
+    hashes: np.ndarray | None = None  # (n,) uint64 of the normalised rows; None on a device
     labels: Labels | None = None
     medoid_rows: np.ndarray | None = None
 
@@ -332,16 +335,16 @@ def read_stage(work: ModelWork, env: RunEnv) -> None:
     work.plan = plan_for_rows(work.plan, work.loaded.n, env.options.requested, env.backend,
                               env.available, env.options.batch_size)
     check_plan(work.plan)
-    work.plan = replace(work.plan, fit_seconds=refined_fit_seconds(
-        env.backend, work.loaded.vectors, work.plan.params, work.plan.fit_seconds))
     log.info("%s: %s", work.model, work.plan.memory.reason)
 
 
-def refined_fit_seconds(backend: ModuleType, x, params: P.HdbscanParams, planned: float) -> float:
+def refined_fit_seconds(backend: ModuleType, x, params: P.HdbscanParams, planned: float,
+                        hashes: np.ndarray | None = None) -> float:
     """The fit's estimate once its rows are read (the backend's ``estimate_for_rows``, e.g.
-    from the distinct rows), else the plan's ``planned`` one."""
+    from the distinct rows; ``hashes`` of the rows if already known), else the plan's
+    ``planned`` one."""
     refine = getattr(backend, "estimate_for_rows", None)
-    return planned if refine is None else refine(x, params)
+    return planned if refine is None else refine(x, params, hashes)
 
 
 def normalise_stage(work: ModelWork, env: RunEnv) -> None:
@@ -350,13 +353,18 @@ def normalise_stage(work: ModelWork, env: RunEnv) -> None:
 
 
 def cluster_stage(work: ModelWork, env: RunEnv) -> None:
-    """The backend's fit with the plan's parameters (isolated: see isolation.py)."""
+    """The backend's fit with the plan's parameters (isolated: see isolation.py), its
+    estimate first refined from the rows (hashed once here, for the medoids too)."""
+    x = work.loaded.vectors
+    work.hashes = row_hashes(x) if array_module(x) is np else None
+    work.plan = replace(work.plan, fit_seconds=refined_fit_seconds(
+        env.backend, x, work.plan.params, work.plan.fit_seconds, work.hashes))
     work.labels = fit(env.backend, work.loaded, work.plan, env.reporter)
 
 
 def medoids_stage(work: ModelWork, env: RunEnv) -> None:
     """Each cluster's medoid row."""
-    work.medoid_rows = find_medoids(work.loaded, work.labels, env.reporter)
+    work.medoid_rows = find_medoids(work.loaded, work.labels, env.reporter, work.hashes)
 
 
 COMPUTE_STAGES = (("normalise", normalise_stage), ("cluster", cluster_stage),
@@ -555,10 +563,10 @@ def fit(backend, loaded: LoadedVectors, plan: ModelPlan, reporter) -> Labels:
         return isolation.fit(backend, loaded.vectors, plan.params)
 
 
-def find_medoids(loaded: LoadedVectors, labels: Labels, reporter):
+def find_medoids(loaded: LoadedVectors, labels: Labels, reporter, hashes=None):
     with reporter.stage(f"{loaded.model}: medoids", total=labels.n_clusters, unit="clusters") as st:
         return medoid_indices(loaded.vectors, to_host(labels.labels), to_host(labels.probabilities),
-                              on_cluster=st.advance)
+                              on_cluster=st.advance, hashes=hashes)
 
 
 def stored_parameters(plan: ModelPlan, loaded: LoadedVectors, labels: Labels, device: Device,

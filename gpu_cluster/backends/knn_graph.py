@@ -242,8 +242,10 @@ def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
     return fit_seconds(n, n, dim, params), peak_bytes(n, dim, params.min_samples)
 
 
-def estimate_for_rows(x: np.ndarray, params: HdbscanParams) -> float:
+def estimate_for_rows(x: np.ndarray, params: HdbscanParams,
+                      hashes: np.ndarray | None = None) -> float:
     """Rough seconds of the fit of these rows ((n, d) float32), from their distinct count
-    (a hash per row: ~1 s at 1.1M x 768, paid once the rows are read)."""
-    m = int(np.unique(row_hashes(x)).shape[0])
+    (``hashes``: their (n,) uint64 ``row_hashes``, computed here when not given)."""
+    hashes = row_hashes(x) if hashes is None else hashes
+    m = int(np.unique(hashes).shape[0])
     return fit_seconds(x.shape[0], m, x.shape[1], params)
