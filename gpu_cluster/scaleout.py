@@ -69,14 +69,19 @@ class ScaleOut:
     connect_timeout_s: float = CONNECT_TIMEOUT_S
 
     def __post_init__(self):
-        if self.workers is not None and self.workers < 1:
-            raise ParameterError(f"--workers must be at least 1 (got {self.workers})")
+        check_workers(self.workers)
         if self.workers is not None and self.scheduler:
             raise ParameterError("--workers starts a local Dask cluster and --scheduler uses "
                                  "another one: give one of them")
         if self.workers is None and not self.scheduler and not self.local_gpu:
             raise ParameterError("a scale-out run needs --workers N, --workers gpus or "
                                  "--scheduler ADDRESS")
+
+
+def check_workers(workers: int | None) -> None:
+    """ParameterError for a worker count below 1 (None: one per GPU, or no local cluster)."""
+    if workers is not None and workers < 1:
+        raise ParameterError(f"--workers must be at least 1 (got {workers})")
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,7 @@ def plan_split(workers: int | None, device: str, memory_budget: int | None,
                gpu_memory: int | None) -> PlanSplit:
     """The split a ``--workers`` run would make on this machine (or, with ``--device gpu``,
     on GPUs: one worker each, ``workers`` of them; default all visible)."""
+    check_workers(workers)
     if device == "gpu" or (device == "auto" and gpu_count()):
         n = workers or gpu_count()
         if not n:
@@ -169,6 +175,9 @@ def connected(distributed: ModuleType, scale: ScaleOut):
             f"cannot reach the Dask scheduler at {scale.scheduler} within "
             f"{scale.connect_timeout_s:.0f}s ({type(exc).__name__}); is `dask "
             f"scheduler` running there, and the address right?") from None
+    except ValueError as exc:  # Dask's parse of the address (a missing port, say)
+        raise ScaleOutError(f"--scheduler {scale.scheduler!r} is not a Dask scheduler address "
+                            f"({exc}); give it as tcp://HOST:PORT") from None
     try:
         yield client
     finally:

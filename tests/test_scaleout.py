@@ -129,6 +129,22 @@ def test_unreachable_scheduler_is_one_line_and_a_nonzero_exit(demo_db):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("args, expected", [
+    (["cluster", "--scheduler", "nonsense", "--scheduler-timeout", "1"],
+     "gpu-cluster: error: --scheduler 'nonsense' is not a Dask scheduler address"),
+    (["plan", "--workers", "0"], "gpu-cluster: error: --workers must be at least 1 (got 0)"),
+    (["cluster", "--workers", "0"], "gpu-cluster: error: --workers must be at least 1 (got 0)"),
+])
+def test_bad_scale_out_options_are_one_line_not_a_traceback(demo_db, args, expected):
+    command, *options = args
+    done = subprocess.run([sys.executable, "-m", "gpu_cluster.cli", command, str(demo_db),
+                           *options], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith(expected), done.stderr
+
+
+@pytest.mark.slow
 def test_plan_with_workers_splits_the_budget(demo_db):
     done = subprocess.run([sys.executable, "-m", "gpu_cluster.cli", "plan", str(demo_db),
                            "--workers", "2", "--memory-budget", "8GiB", "--device", "cpu"],
