@@ -67,14 +67,14 @@ def main() -> int:
     distinct = knn.distinct_rows(x)
     xd = x[distinct.rep_rows]
     t = time.perf_counter()
-    nb, index = knn.nearest_neighbours(xd, knn_graph.graph_k(params, xd.shape[0]))
+    nb, x_searched = knn.nearest_neighbours(xd, knn_graph.graph_k(params, xd.shape[0]))
     search_s = time.perf_counter() - t
     core, _ = knn.core_distances(distinct.counts, nb, params.min_samples)
-    full, full_info = labels_from_graph(index.x, distinct, nb, core, params, None)
+    full, full_info = labels_from_graph(x_searched, distinct, nb, core, params, None)
     runs = [{"graph_k": nb.indices.shape[1], "ari_vs_full": 1.0, **full_info,
              "n_clusters": int(full.max() + 1), "noise": round(float((full < 0).mean()), 4)}]
     for k in (int(v) for v in args.graph_k.split(",")):
-        labels, info = labels_from_graph(index.x, distinct, nb, core, params, k)
+        labels, info = labels_from_graph(x_searched, distinct, nb, core, params, k)
         runs.append({"graph_k": k, "ari_vs_full": round(float(adjusted_rand_score(full, labels)), 4),
                      **info, "n_clusters": int(labels.max() + 1),
                      "noise": round(float((labels < 0).mean()), 4)})

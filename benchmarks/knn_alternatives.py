@@ -18,13 +18,17 @@ method's own), the script measures:
   ``knn_search.exact_neighbours``; the sample's exact k-th cosine is also checked in
   float64): |approximate ∩ exact| / k, averaged; plus the rows whose list came back short.
 
-Methods (all with 2 threads, M / connectivity 16, efConstruction / expansion_add 64, and
-efSearch = the backend's rule max(64, 2(k+1))):
+Methods (all with 2 threads; the graph ones with M / connectivity 16, efConstruction /
+expansion_add 64, and efSearch max(64, 2(k+1)), the rule the backend's HNSW used):
 
-* ``current``: faiss ``IndexHNSWFlat`` inner product, i.e. ``knn_search.KnnIndex``;
-  run before and after every other method (the machine is shared, and its load changed
+* ``current``: the knn backend's search, exact inside k-means cells (``knn_cells``; its
+  build is the partition, its search is already done there); run before and after every
+  other method (the machine is shared, and its load changed
   the current method's time 2.3x within one run): each other method's times are reported
   as ratios to the mean of the two ``current`` runs on either side of it;
+* ``hnsw``: faiss ``IndexHNSWFlat`` inner product, the backend's search before the cells';
+  ``hnsw_m<M>_efc<E>``: the same with other M / efConstruction;
+* ``exact``: every row against every row (the reference for recall and the ARI);
 * ``faiss_sq8`` / ``faiss_fp16``: faiss ``IndexHNSWSQ`` with ``QT_8bit`` / ``QT_fp16``;
 * ``usearch_f16`` / ``usearch_i8``: usearch ``Index`` (metric cos), f16 / i8 storage;
 * ``hnswlib``: hnswlib ``Index(space='ip')``;
@@ -68,18 +72,19 @@ from benchmarks.synthetic import synthetic_embeddings  # noqa: E402
 from gpu_cluster.backends import knn_search as knn  # noqa: E402
 
 THREADS = 2
-M = knn.HNSW_M
-EF_CONSTRUCTION = knn.HNSW_EF_CONSTRUCTION
+M = 16  # faiss HNSW as the knn backend used it before the cells' search
+EF_CONSTRUCTION = 64
+EF_SEARCH_MIN = 64
 BLOCK = 8192  # query rows per search call (as nearest_neighbours)
 PCA_SAMPLE = 20_000
 RERANK_BLOCK = 1024  # query rows per re-ranking gather (1024 x 2k x d float32: 200 MiB at k 32)
-METHODS = ["current", "faiss_sq8", "faiss_fp16", "usearch_f16", "usearch_i8", "hnswlib",
+METHODS = ["current", "hnsw", "faiss_sq8", "faiss_fp16", "usearch_f16", "usearch_i8", "hnswlib",
            "pca128", "pca256"]
 
 
 def ef_search(k: int) -> int:
-    """The backend's efSearch rule (KnnIndex): max(HNSW_EF_SEARCH_MIN, 2 (k + 1))."""
-    return max(knn.HNSW_EF_SEARCH_MIN, 2 * (k + 1))
+    """The efSearch rule the backend's HNSW used: max(64, 2 (k + 1))."""
+    return max(EF_SEARCH_MIN, 2 * (k + 1))
 
 
 # ----------------------------------------------------------------------------- methods
@@ -110,7 +115,16 @@ def _build_hnsw_flat(m_links: int, ef_construction: int):
     return build
 
 
-build_current = _build_hnsw_flat(M, EF_CONSTRUCTION)
+def build_current(x, k):
+    """The knn backend's own search above EXACT_MAX_ROWS: exact inside k-means cells."""
+    from gpu_cluster.backends import knn_cells
+
+    found, sims = knn_cells.cell_neighbours(x, k, threads=THREADS)
+
+    def search(rows, kk):
+        assert kk == k + 1
+        return found[rows], sims[rows]
+    return search, f"cells {knn_cells.method_name(k)} (gpu_cluster.backends.knn_cells)"
 
 
 def build_exact(x, k):
@@ -235,6 +249,7 @@ def _build_pca(dims):
 BUILDERS = {
     "current": build_current,
     "exact": build_exact,
+    "hnsw": _build_hnsw_flat(M, EF_CONSTRUCTION),
     "faiss_sq8": _build_faiss_sq("QT_8bit"),
     "faiss_fp16": _build_faiss_sq("QT_fp16"),
     "usearch_f16": _build_usearch("f16"),
@@ -267,7 +282,8 @@ def worker(method: str, workdir: Path, k: int) -> dict:
     exact = np.load(workdir / "exact_ids.npy")
     m = x.shape[0]
     # Import the method's libraries before measuring (import time and memory are not its cost).
-    import faiss  # noqa: F401  (every method uses faiss or is compared against it)
+    if method.startswith(("hnsw", "faiss", "pca")):
+        import faiss  # noqa: F401
     if method.startswith("usearch"):
         import usearch.index  # noqa: F401
     if method == "hnswlib":

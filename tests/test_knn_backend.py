@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from gpu_cluster.backends import knn_search as knn
-from gpu_cluster.backends import dense_mst, knn_graph, reference
+from gpu_cluster.backends import dense_mst, knn_cells, knn_graph, reference
 from gpu_cluster.budget import GIB, MemoryBudgetError
 from gpu_cluster.params import HdbscanParams, RequestedParams, resolve
 from helpers import blobs, nested_blobs
@@ -52,9 +52,10 @@ def test_true_knn_graph_parity(monkeypatch, seed):
 def test_approximate_search_parity(monkeypatch):
     monkeypatch.setattr(dense_mst, "DENSE_MAX_ROWS", 0)
     monkeypatch.setattr(knn, "EXACT_MAX_ROWS", 100)
+    monkeypatch.setattr(knn_cells, "CELL_ROWS", 64)  # 16 of ~39 cells probed
     x = with_duplicates(blobs(2500, 128, seed=5, centres=10, spread=0.12))
     ari, ours, _ = ari_against_reference(x, params(10))
-    assert ours.details["knn"].startswith("hnsw(")
+    assert ours.details["knn"].startswith("cells(")
     assert ari >= 0.98
 
 

@@ -14,7 +14,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from benchmarks import shapes
 from gpu_cluster.backends import knn_search as knn
-from gpu_cluster.backends import component_joins, dense_mst, knn_graph, reference
+from gpu_cluster.backends import component_joins, dense_mst, knn_cells, knn_graph, reference
 from gpu_cluster.params import RequestedParams, resolve
 
 pytestmark = pytest.mark.slow  # shapes of thousands of rows against the reference
@@ -26,9 +26,11 @@ def default_params(n, eps=0.4, **kw):
 
 @pytest.fixture
 def knn_path(monkeypatch):
-    """Force the k-NN graph path with HNSW search, as above 20,000 distinct rows."""
+    """Force the k-NN graph path with the cells' search, as above 20,000 distinct rows (cells
+    of 64 rows, so that the 16 probed are a part of the rows, as at full size)."""
     monkeypatch.setattr(dense_mst, "DENSE_MAX_ROWS", 0)
     monkeypatch.setattr(knn, "EXACT_MAX_ROWS", 100)
+    monkeypatch.setattr(knn_cells, "CELL_ROWS", 64)
 
 
 def knn_tree_total(x, params):
@@ -94,7 +96,7 @@ def test_shapes_match_the_reference(shape, n, eps):
     ("noise90", 2000, 0.4),
 ])
 def test_knn_path_matches_the_reference(knn_path, shape, n, eps):
-    """The k-NN path (HNSW + joins) on the same shapes: ARI >= 0.98, no failure.
+    """The k-NN path (cells' search + joins) on the same shapes: ARI >= 0.98, no failure.
 
     Not nested density: inside one diffuse connected region the k-NN graph itself is the
     approximation (ARI 0.96 at epsilon 0 and 0.13 at 0.4 on this small, loose shape). Below
@@ -103,7 +105,7 @@ def test_knn_path_matches_the_reference(knn_path, shape, n, eps):
     x, _ = shapes.SHAPES[shape](n=n, dim=128)
     p = default_params(n, eps)
     ours, ref = knn_graph.fit(x, p), reference.fit(x, p)
-    assert ours.details["knn"].startswith("hnsw(")
+    assert ours.details["knn"].startswith("cells(")
     assert adjusted_rand_score(ref.labels, ours.labels) >= 0.98
 
 

@@ -6,7 +6,7 @@ Steps, for (n, d) unit rows ``x``:
 2. up to ``dense_mst.DENSE_MAX_ROWS`` distinct rows: the exact mutual-reachability MST
    (Prim on the dense distance matrix), then step 6; above:
 3. k nearest distinct neighbours (``knn_search``: exact blocked NumPy GEMM up to
-   ``EXACT_MAX_ROWS`` rows, faiss HNSW above; rows whose list comes back short are
+   ``EXACT_MAX_ROWS`` rows, exact inside k-means cells above; rows whose list comes back short are
    searched exactly); core distance of a distinct vector: the distance at which its
    neighbourhood —
    itself and its copies first, then its neighbours with theirs — holds ``min_samples``
@@ -34,14 +34,13 @@ from ..budget import default_host_budget, plan_linear
 from ..distinct import row_hashes
 from ..labels import Labels
 from ..params import HdbscanParams
-from . import component_joins, dense_mst
+from . import component_joins, dense_mst, knn_cells
 from . import knn_search as knn
 from .knn_search import core_distances
 from .hdbscan_tree import hdbscan_labels
 
 NAME = "knn"
 DEVICE = "cpu"
-after_fork = knn.after_fork  # the fit child's hook (isolation.py): faiss's OpenMP pool
 
 MIN_GRAPH_K = 32  # neighbours per distinct point, at least (ARI 0.971 at 16, 0.985 at 32 = exact MST, on MiniLM vectors)
 EDGE_FLOOR = 1e-12  # scipy's MST treats a stored 0 as "no edge"; distinct points are > 0 apart
@@ -122,7 +121,7 @@ def fit(x: np.ndarray, params: HdbscanParams) -> Labels:
     labels, probs = labels_from_edges(edges, params)
     seconds["tree"] = time.perf_counter() - t
     return Labels(labels, probs, {
-        "library": "faiss + scipy + gpu_cluster tree", **details,
+        "library": "numpy + scipy + gpu_cluster tree", **details,
         "n_distinct": distinct.n_distinct, "seconds": {k: round(v, 3) for k, v in seconds.items()},
     })
 
@@ -133,9 +132,7 @@ def knn_graph_mst(xd: np.ndarray, counts: np.ndarray, params: HdbscanParams, sec
     Returns ((a, b, w) tree edges, (m,) core distances, details); fills ``seconds``.
     """
     t = time.perf_counter()
-    nb, index = knn.nearest_neighbours(xd, graph_k(params, xd.shape[0]))
-    x_index = index.x
-    del index
+    nb, x_index = knn.nearest_neighbours(xd, graph_k(params, xd.shape[0]))
     seconds["knn"], t = time.perf_counter() - t, time.perf_counter()
     core, short = core_distances(counts, nb, params.min_samples)
     graph = reachability_graph(nb, core)
@@ -162,8 +159,12 @@ def single_vector_labels(n: int, params: HdbscanParams) -> Labels:
 
 
 # Host bytes per point per neighbour slot: kNN ids and distances, the edge keys and
-# weights, and the symmetric CSR graph with its MST (measured: ~85 B at n = 100k).
+# weights, and the symmetric CSR graph with its MST (measured: ~85 B at n = 100k). The
+# search's own peak comes earlier and is smaller: its output (12 B per slot) and the lists
+# (16 B), plus its tiles (``knn_cells.working_bytes``), which count only where they exceed
+# the graph's extra bytes.
 BYTES_PER_NEIGHBOUR = 96
+SEARCH_BYTES_PER_NEIGHBOUR = 28
 
 
 def memory_model(n: int, dim: int) -> tuple[int, int]:
@@ -171,13 +172,15 @@ def memory_model(n: int, dim: int) -> tuple[int, int]:
 
     The input is fixed; on top of it, the larger of the two paths' own fixed bytes (a plan
     cannot know which runs: that depends on the distinct rows): the k-NN path's
-    distinct-row copy (up to n rows) and HNSW's links, or the dense path's matrix and
+    distinct-row copy (up to n rows) and the cells' search tiles, or the dense path's matrix and
     its distinct rows (at most DENSE_MAX_ROWS of them). The kNN graph grows with the
     neighbours searched, ``graph_k``.
     """
     rows = min(n, dense_mst.DENSE_MAX_ROWS)
     dense = dense_mst.matrix_bytes(rows) + 4 * rows * dim
-    graph_path = 4 * n * dim + 2 * knn.HNSW_M * 4 * n
+    tiles = knn_cells.working_bytes(dim, MIN_GRAPH_K)
+    graph_path = 4 * n * dim + max(
+        0, tiles - (BYTES_PER_NEIGHBOUR - SEARCH_BYTES_PER_NEIGHBOUR) * MIN_GRAPH_K * n)
     return 4 * n * dim + max(graph_path, dense), BYTES_PER_NEIGHBOUR * n
 
 
@@ -203,16 +206,18 @@ def free_memory() -> int:
 
 # Rough, for plans and heartbeats; fitted to fits measured alone on this project's 2-core
 # machine (benchmarks/estimates.py, synthetic 768-d, 30% repeats): the dense path ~2·m²·d
-# float64 flops at ~45 GFLOP/s plus Prim at ~3 ns per matrix entry; HNSW per distinct row
-# and ln(rows), a build part plus a part per efSearch (1.1M rows, efS 86: k-NN 260 s;
-# 110k rows, efS 222: 22 s); graph + MST ~1 µs per edge (1.1M x 42: 32 s); the bridges'
+# float64 flops at ~45 GFLOP/s plus Prim at ~3 ns per matrix entry; the cells' search
+# (knn_cells.search_seconds); graph + MST ~1 µs per edge (1.1M x 42: 32 s); the bridges'
 # search half its pair budget (6.5 s at 110k, 28 s at 1.1M). Every fit also pays a fixed
 # start (the child process, the result's way back) and groups its n rows (8.7 s at 1.1M).
 FIT_FIXED_S = 0.03
 HASH_S_PER_VALUE = 1e-8
-HNSW_BUILD_S = 2.06e-5  # per row per ln(rows), 768-d, M=16, efConstruction=64
-HNSW_SEARCH_S = 5e-8  # per row per ln(rows) per efSearch, 768-d
 EDGE_S = 1e-6  # graph + MST, per edge
+# The component joins depend on how many components the k-NN graph has, which no plan
+# knows: ~0.3 s where it was connected (110k-300k synthetic rows) and 89 s at 770k distinct
+# rows (k 43: 300 components, the synthetic's 300 centres, each exit budget-bound); taken
+# as half that per row, so that both stay within 2x.
+JOIN_S_PER_ROW = 6e-5
 BRIDGE_FLOPS = 3e10  # float32 GEMM of the bridge searches, 2 cores (5e8 pairs: 24.8 s)
 
 
@@ -223,9 +228,8 @@ def fit_seconds(n: int, m: int, dim: int, params: HdbscanParams) -> float:
         work = 2.0 * m * m * dim / 45e9 + 3e-9 * m * m
     else:
         k = graph_k(params, m)
-        ef = max(knn.HNSW_EF_SEARCH_MIN, 2 * (k + 1))
-        hnsw = m * np.log(m) * (dim / 768) * (HNSW_BUILD_S + HNSW_SEARCH_S * ef)
-        work = hnsw + EDGE_S * m * k + bridge_seconds(m, dim)
+        work = (knn_cells.search_seconds(m, k, dim) + EDGE_S * m * k + bridge_seconds(m, dim)
+                + JOIN_S_PER_ROW * m)
     return FIT_FIXED_S + HASH_S_PER_VALUE * n * dim + work
 
 

@@ -6,37 +6,32 @@ graph. So neighbours are searched over *distinct* rows only; copies are tied bac
 their representative afterwards (see ``backends/knn_graph.py``).
 
 Up to ``EXACT_MAX_ROWS`` distinct rows the search is exact, a blocked NumPy GEMM; above,
-it is faiss's ``IndexHNSWFlat`` (approximate). Both work on inner products of unit rows,
+it is exact inside the cells of a k-means partition (``knn_cells``, approximate). Both work on inner products of unit rows,
 turned into euclidean distance; near pairs, where ``2 - 2·cos`` cancels badly in
 float32, are recomputed from the vectors.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..distinct import row_hashes, rows_equal
+from . import knn_cells
 
 # Up to this many distinct rows the search is exact: blocked NumPy GEMM + argpartition
 # (~111 GFLOP/s here, where faiss's bundled OpenBLAS 0.3.15 falls back to generic
-# "Prescott" kernels at ~16 GFLOP/s). Its m² cost passes HNSW's near 20k x 768 rows.
+# "Prescott" kernels at ~16 GFLOP/s). Above it, the cells' search (each row against
+# ~8k candidates) does less work than its m² cost.
 EXACT_MAX_ROWS = 20_000
 EXACT_BLOCK_ROWS = 2048
-# Above EXACT_MAX_ROWS: faiss HNSW (a navigable graph; faiss's own SIMD code, no BLAS).
-# Measured on 2 cores: HNSW (M=16, efC=64, efS=64) built in ~29 s and searched in
-# ~35 s with recall 0.93 at 200k distinct 768-d rows, where IVF (nprobe 8, 141k rows)
-# took 94 s + 91 s for recall@32 0.88; so IVF was dropped. Recall depends on the data:
-# on benchmarks/synthetic.py's rows (isotropic noise around 300 centres, where the 32
-# nearest are almost equidistant) it is 0.57 at 200k with efS=66, yet the 32nd
-# neighbour's distance is off by 1.6% on average; hnswlib, usearch (f16/i8), faiss's
-# HNSWSQ and a PCA pre-projection were measured against it on those rows
-# (benchmarks/knn_alternatives.py, README): none is faster at the same clustering.
-HNSW_M = 16
-HNSW_EF_CONSTRUCTION = 64
-HNSW_EF_SEARCH_MIN = 64
+EXACT_TILE_ENTRIES = 2048 * EXACT_MAX_ROWS  # 2048 query rows at the exact path's largest m
+# Above EXACT_MAX_ROWS: exact search inside the cells of a k-means partition
+# (knn_cells.py). It replaced faiss HNSW (M 16, efC 64): on 200k synthetic 768-d rows
+# (141k distinct, k 32, 2 cores) recall@32 0.999 in 11.5 s against HNSW's 0.567 in 21 s,
+# and the ARI against the exact graph's clustering rose from 0.930 to 0.999; at 1.1M rows
+# HNSW's build alone took ~3.5 min (benchmarks/knn_alternatives.py, README).
 REFINE_BELOW_D2 = 0.02  # recompute squared distances smaller than this from the vectors
 _BLOCK = 8192
 
@@ -86,7 +81,7 @@ class Neighbours:
 
     indices: (m, k) int64, ascending distance; -1 where fewer than k were found.
     distances: (m, k) float64 euclidean distances (inf where indices is -1).
-    method: 'exact' or 'hnsw(M=..,efC=..,efS=..)'.
+    method: 'exact' or 'cells(rows=..,probes=..)'.
     """
 
     indices: np.ndarray
@@ -111,92 +106,37 @@ def core_distances(counts: np.ndarray, nb: Neighbours, min_samples: int) -> tupl
     return core, int((short & (counts < min_samples)).sum())
 
 
-_faiss_used = False  # faiss ran in this process (its OpenMP pool exists)
-_thread_cap: int | None = None
-
-
-def after_fork() -> None:
-    """The fit child's hook (isolation.py): one OpenMP thread if faiss ran before the fork.
-
-    GNU OpenMP's thread pool does not survive fork(): a child whose parent already ran
-    faiss spins forever in its first parallel region. A run's parent never runs faiss
-    (fits happen in children), so this only applies when a process ran faiss itself
-    before forking (the test suite does).
-    """
-    global _thread_cap
-    if _faiss_used:
-        _thread_cap = 1
-
-
-def set_threads() -> None:
-    import faiss
-
-    global _faiss_used
-    _faiss_used = True
-    faiss.omp_set_num_threads(_thread_cap or max(1, os.cpu_count() or 1))
-
-
-class KnnIndex:
-    """The rows to search, and above ``exact_max_rows`` a faiss HNSW inner-product index.
-
-    Exact searches (``kind == 'exact'``) do not use faiss: they are blocked GEMMs in
-    :func:`exact_neighbours` (faster here than faiss's flat index, see EXACT_MAX_ROWS).
-    """
-
-    def __init__(self, x: np.ndarray, k: int, *, exact_max_rows: int | None = None):
-        if exact_max_rows is None:
-            exact_max_rows = EXACT_MAX_ROWS
-        self.x = np.ascontiguousarray(x, dtype=np.float32)
-        m, d = self.x.shape
-        self.kind = "exact" if m <= exact_max_rows else "hnsw"
-        if self.kind == "exact":
-            self.index, self.method = None, "exact"
-            return
-        import faiss
-
-        set_threads()
-        self.index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        self.index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        self.ef_search = max(HNSW_EF_SEARCH_MIN, 2 * (k + 1))
-        self.index.hnsw.efSearch = self.ef_search
-        self.method = f"hnsw(M={HNSW_M},efC={HNSW_EF_CONSTRUCTION},efS={self.ef_search})"
-        self.index.add(self.x)
-
-    def search(self, rows: np.ndarray, k: int):
-        """(ids, cosines) of the k best indexed rows for the query rows ``rows`` (ids into x)."""
-        sims, found = self.index.search(self.x[rows], k)
-        return found.astype(np.int64), sims
-
-
 def nearest_neighbours(
     x: np.ndarray, k: int, *, exact_max_rows: int | None = None
-) -> tuple[Neighbours, KnnIndex]:
+) -> tuple[Neighbours, np.ndarray]:
     """k nearest neighbours of every row of ``x`` ((m, d) float32, unit rows, all distinct).
 
-    Returns the neighbours and the index (reusable for joining graph components).
+    Exact up to ``exact_max_rows`` rows (default EXACT_MAX_ROWS), within k-means cells above
+    (``knn_cells``). Returns the neighbours and the rows as searched ((m, d) float32,
+    C-contiguous: the component joins search them again).
     """
+    if exact_max_rows is None:
+        exact_max_rows = EXACT_MAX_ROWS
+    x = np.ascontiguousarray(x, dtype=np.float32)
     m = x.shape[0]
     k = min(k, m - 1)
-    index = KnnIndex(x, k, exact_max_rows=exact_max_rows)
-    if index.kind == "exact":
-        idx, dist = exact_neighbours(index.x, k)
+    if m <= exact_max_rows:
+        idx, dist = exact_neighbours(x, k)
+        method = "exact"
     else:
-        idx = np.empty((m, k), np.int64)
-        dist = np.empty((m, k), np.float64)
-        for s in range(0, m, _BLOCK):
-            rows = np.arange(s, min(s + _BLOCK, m))
-            found, sims = index.search(rows, k + 1)
-            idx[rows], dist[rows] = drop_self(found, sims, rows, k)
-        complete_short_lists(index.x, idx, dist)
-    refine_near_distances(index.x, idx, dist)
-    return Neighbours(idx, dist, index.method), index
+        found, sims = knn_cells.cell_neighbours(x, k)
+        idx, dist = drop_self(found, sims, np.arange(m), k)
+        complete_short_lists(x, idx, dist)
+        method = knn_cells.method_name(k)
+    refine_near_distances(x, idx, dist)
+    return Neighbours(idx, dist, method), x
 
 
 def complete_short_lists(x: np.ndarray, idx: np.ndarray, dist: np.ndarray) -> int:
     """Search exactly, in place, the rows whose approximate list came back short (-1 ids).
 
-    An HNSW search can return fewer than k ids (a query stuck in a small, isolated part of
-    the graph); a short list would give a wrong (infinite) core distance. Returns how many.
+    The cells' search returns fewer than k ids when the probed cells hold fewer than k + 1
+    rows; a short list would give a wrong (infinite) core distance. Returns how many.
     """
     short = np.flatnonzero((idx < 0).any(axis=1))
     if short.size:
@@ -209,9 +149,11 @@ def exact_neighbours(x: np.ndarray, k: int, *, rows: np.ndarray | None = None,
     """Exact k nearest other rows of unit rows ``x`` ((m, d) float32), by blocked GEMM.
 
     ``rows``: the query rows (default all). Returns (indices (q, k) int64, distances (q, k)
-    float64), ascending distance.
+    float64), ascending distance. Each block holds at most ``EXACT_TILE_ENTRIES`` cosines
+    (~16 bytes each with the partial sort), however large m is.
     """
     rows = np.arange(x.shape[0]) if rows is None else rows
+    block = max(1, min(block, EXACT_TILE_ENTRIES // max(1, x.shape[0])))
     idx = np.empty((rows.size, k), np.int64)
     dist = np.empty((rows.size, k), np.float64)
     for s in range(0, rows.size, block):

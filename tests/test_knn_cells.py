@@ -1,0 +1,134 @@
+"""The cells' k-NN search (backends/knn_cells.py) against exact search.
+
+Cells are made small here (64 rows, or fewer) so that the probed cells are a small part
+of the rows, as they are at full size (512-row cells, 16 probed, ~1,500 cells at 1.1M).
+"""
+
+import numpy as np
+import pytest
+
+from benchmarks import shapes
+from gpu_cluster.backends import knn_cells
+from gpu_cluster.backends import knn_search as knn
+
+
+def unit(a):
+    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
+
+
+def distinct_unit(x):
+    return unit(x[knn.distinct_rows(x).rep_rows])
+
+
+def recall(ids, exact_ids):
+    return float(np.mean([np.intersect1d(a[a >= 0], e).size / e.size
+                          for a, e in zip(ids, exact_ids)]))
+
+
+@pytest.fixture
+def small_cells(monkeypatch):
+    monkeypatch.setattr(knn_cells, "CELL_ROWS", 64)
+
+
+def walk(n, dim, seed=0):
+    """A random walk: one long thin manifold, no clusters to fall back on."""
+    rng = np.random.default_rng(seed)
+    steps = rng.standard_normal((n, dim)).astype(np.float32) * 0.02
+    return unit(np.cumsum(steps, axis=0) + rng.standard_normal((1, dim)).astype(np.float32))
+
+
+def diffuse_blob(n, dim, seed=0):
+    """One anisotropic Gaussian (a power-law spectrum, like embeddings): no cell borders
+    that the data respects."""
+    rng = np.random.default_rng(seed)
+    scale = (np.arange(1, dim + 1) ** -0.7).astype(np.float32)
+    x = rng.standard_normal((n, dim)).astype(np.float32) * scale
+    x[:, 0] += 3 * scale[0]
+    return unit(x)
+
+
+MIN_RECALL = {"noise90": 0.3, "blob": 0.85}
+
+
+@pytest.mark.parametrize("name", ["far_apart", "many_components", "noise90", "walk", "blob"])
+def test_recall_against_exact_search(small_cells, name):
+    n, dim, k = 6000, 128, 32
+    if name == "walk":
+        x = walk(n, dim)
+    elif name == "blob":
+        x = diffuse_blob(n, dim)
+    else:
+        x, _ = shapes.SHAPES[name](n=n, dim=dim)
+    x = distinct_unit(x)
+    ids, sims = knn_cells.cell_neighbours(x, k)
+    m = x.shape[0]
+    assert ids.shape == (m, k + 1) and sims.dtype == np.float32
+    assert (ids[:, 0] == np.arange(m)).all()  # every row finds itself first
+    assert (np.diff(sims, axis=1) <= 1e-6).all()  # most similar first
+    found, dist = knn.drop_self(ids, sims, np.arange(m), k)
+    exact, exact_dist = knn.exact_neighbours(x, k)
+    # Uniform noise on the sphere (noise90's 90%) has nearly equidistant neighbours, so any
+    # approximate search finds other ones (recall 0.35 here, 16 of 94 cells probed); what
+    # the core distance uses is the k-th distance, which is then a few percent too large.
+    assert recall(found, exact) >= MIN_RECALL.get(name, 0.99)
+    # a missed neighbour can only make the k-th distance larger (float32 rounding aside)
+    assert (dist[:, -1] - exact_dist[:, -1]).min() >= -1e-4
+    assert np.mean(dist[:, -1] / exact_dist[:, -1] - 1) <= (0.04 if name == "noise90" else 0.01)
+
+
+def test_all_cells_probed_is_exact_search(monkeypatch):
+    monkeypatch.setattr(knn_cells, "CELL_ROWS", 100)  # ~12 cells, 16 probed: all of them
+    x = distinct_unit(np.random.default_rng(3).standard_normal((1200, 64)).astype(np.float32))
+    ids, sims = knn_cells.cell_neighbours(x, 10)
+    found, dist = knn.drop_self(ids, sims, np.arange(x.shape[0]), 10)
+    exact, exact_dist = knn.exact_neighbours(x, 10)
+    np.testing.assert_allclose(dist, exact_dist, atol=1e-5)
+    assert recall(found, exact) > 0.999
+
+
+def test_the_same_lists_with_one_thread_or_two(small_cells):
+    x, _ = shapes.many_components(n=3000, dim=64)
+    x = distinct_unit(x)
+    one = knn_cells.cell_neighbours(x, 16, threads=1)
+    two = knn_cells.cell_neighbours(x, 16, threads=2)
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
+
+
+def test_an_uneven_partition_splits_its_big_cells(small_cells):
+    """90% of the rows in one tight blob: k-means would give it a few huge cells; they are
+    split so that no query is searched against most of the rows."""
+    rng = np.random.default_rng(1)
+    tight = unit(rng.standard_normal(64) + 0.02 * rng.standard_normal((5400, 64)))
+    spread = unit(rng.standard_normal((600, 64)))
+    x = np.concatenate([tight, spread]).astype(np.float32)
+    cell, centroids = knn_cells.partition(x, np.random.default_rng(0))
+    sizes = np.bincount(cell, minlength=centroids.shape[0])
+    assert cell.min() >= 0 and cell.max() < centroids.shape[0]
+    np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1, rtol=1e-5)
+    assert sizes.max() <= knn_cells.SPLIT_FACTOR * knn_cells.CELL_ROWS * 2
+    assert centroids.shape[0] >= x.shape[0] // knn_cells.CELL_ROWS
+
+
+def test_short_lists_are_completed_by_exact_search(monkeypatch):
+    """Cells of ~4 rows with 2 probed hold fewer than k + 1 rows: the search leaves -1
+    slots and nearest_neighbours fills those rows exactly."""
+    monkeypatch.setattr(knn_cells, "CELL_ROWS", 4)
+    monkeypatch.setattr(knn_cells, "PROBE_CELLS", 2)
+    monkeypatch.setattr(knn, "EXACT_MAX_ROWS", 10)
+    x = distinct_unit(np.random.default_rng(4).standard_normal((400, 16)).astype(np.float32))
+    k = 20
+    monkeypatch.setattr(knn_cells, "probe_count", lambda k: 2)
+    ids, _ = knn_cells.cell_neighbours(x, k)
+    short = (ids < 0).any(axis=1)
+    assert short.any()
+    nb, _ = knn.nearest_neighbours(x, k)
+    exact, exact_dist = knn.exact_neighbours(x, k)
+    assert (nb.indices >= 0).all() and np.isfinite(nb.distances).all()
+    np.testing.assert_allclose(nb.distances[short], exact_dist[short], atol=1e-6)
+
+
+def test_probes_grow_with_k():
+    assert knn_cells.probe_count(32) == knn_cells.PROBE_CELLS
+    big = knn_cells.probe_count(2000)
+    assert big * knn_cells.CELL_ROWS >= 8 * 2001
