@@ -348,17 +348,20 @@ def refined_fit_seconds(backend: ModuleType, x, params: P.HdbscanParams, planned
 
 
 def normalise_stage(work: ModelWork, env: RunEnv) -> None:
-    """L2-normalise the rows in place."""
-    normalise_rows(work.loaded.vectors)
+    """L2-normalise the rows in place (logged: seconds at 1.1M rows)."""
+    x = work.loaded.vectors
+    with env.reporter.stage(f"{work.loaded.model}: normalise", total=x.shape[0]):
+        normalise_rows(x)
 
 
 def cluster_stage(work: ModelWork, env: RunEnv) -> None:
     """The backend's fit with the plan's parameters (isolated: see isolation.py), its
     estimate first refined from the rows (hashed once here, for the medoids too)."""
     x = work.loaded.vectors
-    work.hashes = row_hashes(x) if array_module(x) is np else None
-    work.plan = replace(work.plan, fit_seconds=refined_fit_seconds(
-        env.backend, x, work.plan.params, work.plan.fit_seconds, work.hashes))
+    with env.reporter.stage(f"{work.loaded.model}: estimate", total=x.shape[0]):
+        work.hashes = row_hashes(x) if array_module(x) is np else None
+        work.plan = replace(work.plan, fit_seconds=refined_fit_seconds(
+            env.backend, x, work.plan.params, work.plan.fit_seconds, work.hashes))
     work.labels = fit(env.backend, work.loaded, work.plan, env.reporter)
 
 
