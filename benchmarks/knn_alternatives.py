@@ -349,8 +349,6 @@ def clustering_ari(workdir: Path, n: int, dim: int, seed: int, k: int,
     ARI against ``current``'s labels and, when ``exact`` ran, against the exact graph's
     labels; the clusters, the noise fraction and the fit seconds.
     """
-    from types import SimpleNamespace
-
     from sklearn.metrics import adjusted_rand_score
 
     from gpu_cluster.backends import knn_graph
@@ -376,7 +374,7 @@ def clustering_ari(workdir: Path, n: int, dim: int, seed: int, k: int,
             i, d = idx.copy(), dist.copy()
             knn.complete_short_lists(xd, i, d)
             knn.refine_near_distances(xd, i, d)
-            return knn.Neighbours(i, d, method), SimpleNamespace(x=xd)
+            return knn.Neighbours(i, d, method), xd
 
         knn.nearest_neighbours = saved_lists
         try:
@@ -512,7 +510,8 @@ def main(argv=None) -> int:
     methods = args.methods.split(",")
     if args.ari_only:
         ari = clustering_ari(args.out, args.n, args.dim, args.seed, args.k, methods)
-        doc = json.loads((args.out / "results.json").read_text())
+        saved = args.out / "results.json"  # absent when the search step was interrupted
+        doc = json.loads(saved.read_text()) if saved.exists() else {}
         doc["ari"] = {"params": {"min_cluster_size": max(2, int(0.001 * args.n)),
                                  "min_samples": args.k, "epsilon": 0.4}, "results": ari}
         (args.out / "results.json").write_text(json.dumps(doc, indent=2))
