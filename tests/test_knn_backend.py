@@ -154,3 +154,26 @@ def test_explicit_min_samples_that_cannot_fit_is_refused():
         knn_graph.plan_params(p, 1_100_000, 768, available=12 * GIB, explicit=True)
     with pytest.raises(MemoryBudgetError, match=r"nothing fits in host memory"):
         knn_graph.plan_params(p, 1_100_000, 768, available=1 * GIB, explicit=False)
+
+
+def test_reachability_graph_is_the_symmetric_union_of_the_lists():
+    """Every listed pair once, both ways, at max(core_i, core_j, d_ij); -1 slots skipped;
+    where the two directions' distances differ (rounding), the larger is kept."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((60, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    idx, dist = knn.exact_neighbours(x, 5)
+    idx[3, 4], dist[3, 4] = -1, np.inf  # a short list
+    # a row with a mutual neighbour listed in an earlier row: its distances a little off
+    # from that other direction's (as two GEMM tiles may round them)
+    late = max(i for i in range(60) for j in idx[i] if 0 <= j < i and i in idx[j])
+    dist[late] *= 1 + 1e-9
+    core = rng.uniform(0.01, 0.05, 60)  # below the distances: the distances decide
+    graph = knn_graph.reachability_graph(knn.Neighbours(idx, dist, "exact"), core).toarray()
+    expected = np.zeros((60, 60))
+    for i in range(60):
+        for j, d in zip(idx[i], dist[i]):
+            if j >= 0:
+                w = max(core[i], core[j], d)
+                expected[i, j] = expected[j, i] = max(expected[i, j], w)
+    np.testing.assert_array_equal(graph, expected)

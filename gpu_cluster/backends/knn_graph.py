@@ -53,18 +53,27 @@ def graph_k(params: HdbscanParams, n_distinct: int | None = None) -> int:
 
 
 def reachability_graph(nb: knn.Neighbours, core: np.ndarray) -> sp.csr_matrix:
-    """Symmetric (m, m) CSR of mutual reachability distances on the kNN edges."""
+    """Symmetric (m, m) CSR of mutual reachability distances on the kNN edges.
+
+    Built without a global sort: the lists are already rows of a CSR matrix (i -> its
+    neighbours); each row's columns are sorted, and the matrix is merged with its transpose
+    keeping the larger weight where both directions are present (the same edge, its
+    distance computed twice, equal up to rounding).
+    """
     m, k = nb.indices.shape
-    rows = np.repeat(np.arange(m), k)
     cols = nb.indices.ravel()
     ok = cols >= 0
-    rows, cols, d = rows[ok], cols[ok], nb.distances.ravel()[ok]
+    per_row = ok.reshape(m, k).sum(axis=1)
+    indptr = np.concatenate([[0], np.cumsum(per_row)])
+    rows = np.repeat(np.arange(m), per_row)
+    cols, d = cols[ok], nb.distances.ravel()[ok]
     w = np.maximum(np.maximum(core[rows], core[cols]), np.maximum(d, EDGE_FLOOR))
-    lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
-    key = lo * m + hi
-    key, first = np.unique(key, return_index=True)  # one entry per undirected edge
-    upper = sp.csr_matrix((w[first], (lo[first], hi[first])), shape=(m, m))
-    return (upper + upper.T).tocsr()
+    del rows, d
+    index_type = np.int32 if max(m, cols.size) < 2**31 else np.int64
+    directed = sp.csr_matrix((w, cols.astype(index_type), indptr.astype(index_type)),
+                             shape=(m, m))
+    directed.sort_indices()
+    return directed.maximum(directed.T.tocsr()).tocsr()
 
 
 def graph_mst(graph: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
