@@ -69,6 +69,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.synthetic import synthetic_embeddings  # noqa: E402
+from gpu_cluster.backends import knn_cells  # noqa: E402
 from gpu_cluster.backends import knn_search as knn  # noqa: E402
 
 THREADS = 2
@@ -99,26 +100,33 @@ def _faiss_threads():
     return faiss
 
 
-def _build_hnsw_flat(m_links: int, ef_construction: int):
+def _build_faiss_hnsw(m_links: int, ef_construction: int, qtype_name: str | None = None):
+    """faiss HNSW, inner product: ``IndexHNSWFlat``, or ``IndexHNSWSQ`` with the scalar
+    quantiser ``qtype_name`` (trained on the rows)."""
     def build(x, k):
         faiss = _faiss_threads()
-        index = faiss.IndexHNSWFlat(x.shape[1], m_links, faiss.METRIC_INNER_PRODUCT)
+        if qtype_name is None:
+            index = faiss.IndexHNSWFlat(x.shape[1], m_links, faiss.METRIC_INNER_PRODUCT)
+            kind = "IndexHNSWFlat("
+        else:
+            qtype = getattr(faiss.ScalarQuantizer, qtype_name)
+            index = faiss.IndexHNSWSQ(x.shape[1], qtype, m_links, faiss.METRIC_INNER_PRODUCT)
+            kind = f"IndexHNSWSQ({qtype_name},"
         index.hnsw.efConstruction = ef_construction
         index.hnsw.efSearch = ef_search(k)
+        index.train(x)  # a no-op for the flat store
         index.add(x)
 
         def search(rows, kk):
             sims, found = index.search(x[rows], kk)
             return found.astype(np.int64), sims
-        return search, (f"faiss {faiss.__version__} IndexHNSWFlat(M={m_links},"
+        return search, (f"faiss {faiss.__version__} {kind}M={m_links},"
                         f"efC={ef_construction},efS={ef_search(k)})")
     return build
 
 
 def build_current(x, k):
     """The knn backend's own search above EXACT_MAX_ROWS: exact inside k-means cells."""
-    from gpu_cluster.backends import knn_cells
-
     found, sims = knn_cells.cell_neighbours(x, k, threads=THREADS)
 
     def search(rows, kk):
@@ -134,32 +142,9 @@ def build_exact(x, k):
         cos = np.empty((rows.size, kk), np.float32)
         for s0 in range(0, rows.size, RERANK_BLOCK):  # (1024, m) float32 at a time
             r = slice(s0, s0 + RERANK_BLOCK)
-            sims = x[rows[r]] @ x.T
-            top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
-            top_sims = np.take_along_axis(sims, top, axis=1)
-            order = np.argsort(-top_sims, axis=1, kind="stable")
-            ids[r] = np.take_along_axis(top, order, axis=1)
-            cos[r] = np.take_along_axis(top_sims, order, axis=1)
+            ids[r], cos[r] = knn_cells.most_similar(x[rows[r]] @ x.T, kk)
         return ids, cos
     return search, "exact (blocked float32 GEMM, every row against every row)"
-
-
-def _build_faiss_sq(qtype_name):
-    def build(x, k):
-        faiss = _faiss_threads()
-        qtype = getattr(faiss.ScalarQuantizer, qtype_name)
-        index = faiss.IndexHNSWSQ(x.shape[1], qtype, M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = EF_CONSTRUCTION
-        index.hnsw.efSearch = ef_search(k)
-        index.train(x)
-        index.add(x)
-
-        def search(rows, kk):
-            sims, found = index.search(x[rows], kk)
-            return found.astype(np.int64), sims
-        return search, (f"faiss {faiss.__version__} IndexHNSWSQ({qtype_name},M={M},"
-                        f"efC={EF_CONSTRUCTION},efS={ef_search(k)})")
-    return build
 
 
 def _build_usearch(dtype):
@@ -249,9 +234,9 @@ def _build_pca(dims):
 BUILDERS = {
     "current": build_current,
     "exact": build_exact,
-    "hnsw": _build_hnsw_flat(M, EF_CONSTRUCTION),
-    "faiss_sq8": _build_faiss_sq("QT_8bit"),
-    "faiss_fp16": _build_faiss_sq("QT_fp16"),
+    "hnsw": _build_faiss_hnsw(M, EF_CONSTRUCTION),
+    "faiss_sq8": _build_faiss_hnsw(M, EF_CONSTRUCTION, "QT_8bit"),
+    "faiss_fp16": _build_faiss_hnsw(M, EF_CONSTRUCTION, "QT_fp16"),
     "usearch_f16": _build_usearch("f16"),
     "usearch_i8": _build_usearch("i8"),
     "hnswlib": build_hnswlib,
@@ -267,7 +252,7 @@ def builder(method: str):
     found = re.fullmatch(r"hnsw_m(\d+)_efc(\d+)", method)
     if not found:
         raise SystemExit(f"unknown method {method!r}: one of {sorted(BUILDERS)} or hnsw_m<M>_efc<E>")
-    return _build_hnsw_flat(int(found[1]), int(found[2]))
+    return _build_faiss_hnsw(int(found[1]), int(found[2]))
 
 
 # ----------------------------------------------------------------------------- worker

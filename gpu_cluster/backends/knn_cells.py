@@ -155,16 +155,22 @@ def cell_neighbours(x: np.ndarray, k: int, *, threads: int | None = None):
         block = max(1, TILE_ENTRIES // candidates.size)
         for s in range(0, members[c].size, block):
             queries = members[c][s:s + block]
-            cos = x[queries] @ xc.T
-            top = np.argpartition(cos, cos.shape[1] - kk, axis=1)[:, -kk:]
-            top_cos = np.take_along_axis(cos, top, axis=1)
-            best = np.argsort(-top_cos, axis=1, kind="stable")
-            ids[queries, :kk] = candidates[np.take_along_axis(top, best, axis=1)]
-            sims[queries, :kk] = np.take_along_axis(top_cos, best, axis=1)
+            top, top_cos = most_similar(x[queries] @ xc.T, kk)
+            ids[queries, :kk] = candidates[top]
+            sims[queries, :kk] = top_cos
 
     workers = threads or search_threads()
     by_size = sorted(range(n_cells), key=lambda c: -members[c].size)  # big cells first
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for done in pool.map(search_cell, by_size):
-            del done
+        list(pool.map(search_cell, by_size))  # re-raises a cell's error here
     return ids, sims
+
+
+def most_similar(cos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Columns of the k largest entries of each row of ``cos`` ((r, c) float32, k <= c),
+    largest first: ((r, k) int64 columns, (r, k) their values). A partial sort, without a
+    negated copy of ``cos``; the exact search (``knn_search``) uses it too."""
+    top = np.argpartition(cos, cos.shape[1] - k, axis=1)[:, -k:]
+    top_cos = np.take_along_axis(cos, top, axis=1)
+    best = np.argsort(-top_cos, axis=1, kind="stable")
+    return np.take_along_axis(top, best, axis=1), np.take_along_axis(top_cos, best, axis=1)

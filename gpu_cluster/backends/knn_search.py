@@ -160,11 +160,8 @@ def exact_neighbours(x: np.ndarray, k: int, *, rows: np.ndarray | None = None,
         q = rows[s:s + block]
         sims = x[q] @ x.T  # (b, m) cosines
         sims[np.arange(q.size), q] = -np.inf  # not its own neighbour
-        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        top = np.take_along_axis(sims, part, axis=1)
-        order = np.argsort(-top, axis=1, kind="stable")
-        idx[s:s + q.size] = np.take_along_axis(part, order, axis=1)
-        dist[s:s + q.size] = cosine_to_distance(np.take_along_axis(top, order, axis=1))
+        idx[s:s + q.size], top = knn_cells.most_similar(sims, k)
+        dist[s:s + q.size] = cosine_to_distance(top)
     return idx, dist
 
 
