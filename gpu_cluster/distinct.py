@@ -33,3 +33,19 @@ def rows_equal(x: np.ndarray, rows: np.ndarray, same: np.ndarray) -> bool:
         if not np.array_equal(x[rows[s : s + HASH_BLOCK]], x[same[s : s + HASH_BLOCK]]):
             return False
     return True
+
+
+def groups_by_first_occurrence(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Groups of equal ``keys`` ((n,) hashes, or rows viewed as one void each), numbered
+    in the order of their first occurrence.
+
+    Returns (first (u,) int64 ascending position of each group's first key, inverse (n,)
+    int64 group of each key, counts (u,) int64 keys per group).
+    """
+    _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True,
+                                          return_counts=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return (first[order].astype(np.int64), rank[inverse.ravel()].astype(np.int64),
+            counts[order].astype(np.int64))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .device import array_module, to_host
-from .distinct import row_hashes, rows_equal
+from .distinct import groups_by_first_occurrence, row_hashes, rows_equal
 
 DEFAULT_BLOCK = 2048
 EXACT_MAX_MEMBERS = 5_000
@@ -135,14 +135,9 @@ def distinct_members(x: np.ndarray, members: np.ndarray, weights: np.ndarray,
     Returns (rows (u,) int64 ascending, weights (u,) float64); the inputs unchanged on a
     hash collision.
     """
-    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    first, inverse, _ = groups_by_first_occurrence(hashes)  # first occurrences: ties as before
     if first.size == members.size:
         return members, weights
-    inverse = inverse.ravel()
     if not rows_equal(x, members, members[first[inverse]]):
         return members, weights
-    order = np.argsort(first, kind="stable")  # first occurrences in row order: ties as before
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    return members[first[order]], np.bincount(rank[inverse], weights=weights,
-                                              minlength=first.size)
+    return members[first], np.bincount(inverse, weights=weights, minlength=first.size)

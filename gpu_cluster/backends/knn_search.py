@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..distinct import row_hashes, rows_equal
+from ..distinct import groups_by_first_occurrence, row_hashes, rows_equal
 from . import knn_cells
 
 # Up to this many distinct rows the search is exact: blocked NumPy GEMM + argpartition
@@ -56,23 +56,11 @@ class DistinctRows:
 
 def distinct_rows(x: np.ndarray) -> DistinctRows:
     """Group the rows of ``x`` ((n, d) float32) by identical bytes."""
-    hashes = row_hashes(x)
-    _, first, inverse, counts = np.unique(hashes, return_index=True, return_inverse=True,
-                                          return_counts=True)
-    inverse = inverse.astype(np.int64)
-    if not _groups_are_identical(x, first, inverse):  # a hash collision: exact fallback
+    first, inverse, counts = groups_by_first_occurrence(row_hashes(x))
+    if not rows_equal(x, np.arange(x.shape[0]), first[inverse]):  # a hash collision: exact
         rows = np.ascontiguousarray(x).view(np.dtype((np.void, x.shape[1] * x.itemsize)))
-        _, first, inverse, counts = np.unique(rows.ravel(), return_index=True,
-                                              return_inverse=True, return_counts=True)
-        inverse = inverse.astype(np.int64)
-    order = np.argsort(first, kind="stable")  # number distinct rows by first occurrence
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    return DistinctRows(first[order].astype(np.int64), rank[inverse], counts[order].astype(np.int64))
-
-
-def _groups_are_identical(x, first, inverse) -> bool:
-    return rows_equal(x, np.arange(x.shape[0]), first[inverse])
+        first, inverse, counts = groups_by_first_occurrence(rows.ravel())
+    return DistinctRows(first, inverse, counts)
 
 
 @dataclass
