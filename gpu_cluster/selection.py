@@ -140,26 +140,25 @@ class Selection:
         return embedding
 
 
-def survey_query() -> sa.Select:
-    """Rows of (model, type, sequence_number, blob bytes, count) over all embeddings."""
-    nbytes = sa.func.length(embedding.c.vector).label("nbytes")
-    joined = embedding.outerjoin(invocation, invocation.c.id == embedding.c.invocation_id)
-    return (
-        sa.select(
-            embedding.c.embedding_model,
-            invocation.c.type,
-            invocation.c.sequence_number,
-            nbytes,
-            sa.func.count().label("rows"),
-        )
-        .select_from(joined)
-        .group_by(
-            embedding.c.embedding_model,
-            invocation.c.type,
-            invocation.c.sequence_number,
-            nbytes,
-        )
-    )
+def survey_query(dialect: str = "sqlite") -> sa.Select:
+    """Rows of (model, type, sequence_number, blob bytes, count) over all embeddings.
+
+    On SQLite the per-row select is kept a separate co-routine (a LIMIT stops the
+    optimiser flattening it into the grouping): flattened, the GROUP BY sorter stores
+    each row's whole vector blob to take its length, which made the survey of a
+    3.3M-embedding file 4.4x slower (46.6 s against 10.6 s with its pages cached).
+    """
+    per_row = sa.select(
+        embedding.c.embedding_model,
+        invocation.c.type,
+        invocation.c.sequence_number,
+        sa.func.length(embedding.c.vector).label("nbytes"),
+    ).select_from(embedding.outerjoin(invocation, invocation.c.id == embedding.c.invocation_id))
+    if dialect == "sqlite":
+        per_row = per_row.limit(-1)  # SQLite: no limit; see above
+    rows = per_row.subquery("per_row")
+    keys = (rows.c.embedding_model, rows.c.type, rows.c.sequence_number, rows.c.nbytes)
+    return sa.select(*keys, sa.func.count().label("rows")).group_by(*keys)
 
 
 def lattice(seqs: set[int]) -> tuple[int, int]:
@@ -181,7 +180,7 @@ def survey_embeddings(conn: sa.Connection, models: list[str] | None = None) -> d
     if conn.dialect.name == "sqlite":
         bound = conn.execute(sa.select(sa.func.max(EMBEDDING_ROWID)).select_from(embedding))
         bound = bound.scalar() or 0
-    raw = conn.execute(survey_query()).all()
+    raw = conn.execute(survey_query(conn.dialect.name)).all()
     seqs_by_type: dict[str, set[int]] = defaultdict(set)
     for model, typ, seq, nbytes, rows in raw:
         if typ is not None and nbytes is not None:
