@@ -2,28 +2,43 @@
 
 Embedding tables repeat texts, so identical vectors are common: the knn backend fits the
 distinct rows (weighted by their counts) and the medoids count a cluster's repeated rows
-once, with their summed weights. Pure NumPy (host arrays).
+once, with their summed weights. The hashes work on either device's arrays; the grouping is NumPy (host arrays).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .device import array_module
+
 HASH_BLOCK = 8192  # rows per block: bounded temporaries however large the input
 
 
-def row_hashes(x: np.ndarray, *, seed: int = 0x5EED) -> np.ndarray:
-    """(n,) uint64 hash of each row's bytes of ``x`` ((n, d) host array; multiply-add over
-    64-bit words, wrapping)."""
-    words = x.shape[1] * x.itemsize // 8
+def row_hashes(x, *, seed: int = 0x5EED):
+    """(n,) uint64 hash of each row's bytes of ``x`` ((n, d) array, NumPy or CuPy; the
+    result on the same device): a sum of 64-bit words times odd multipliers, wrapping,
+    with a row's last bytes (when its width is not a multiple of 8) as one more word.
+
+    Changing any one word of a row always changes its hash (an odd multiplier is
+    invertible modulo 2^64); changes to several words collide by chance only.
+    """
+    xp = array_module(x)
+    width = x.shape[1] * x.itemsize
+    words, tail = divmod(width, 8)
     rng = np.random.default_rng(seed)
-    mult = rng.integers(1, 2**63, size=words, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-    out = np.empty(x.shape[0], np.uint64)
-    flat = np.ascontiguousarray(x).view(np.uint8).reshape(x.shape[0], -1)
+    mult = xp.asarray(rng.integers(1, 2**63, size=words + 1, dtype=np.uint64) * np.uint64(2)
+                      + np.uint64(1))
+    out = xp.empty(x.shape[0], xp.uint64)
+    flat = xp.ascontiguousarray(x).view(xp.uint8).reshape(x.shape[0], width)
     for s in range(0, x.shape[0], HASH_BLOCK):
-        blk = flat[s : s + HASH_BLOCK, : words * 8].view(np.uint64)
-        with np.errstate(over="ignore"):
-            out[s : s + HASH_BLOCK] = (blk * mult).sum(axis=1, dtype=np.uint64)
+        blk = flat[s : s + HASH_BLOCK]
+        head = xp.ascontiguousarray(blk[:, : words * 8]) if tail else blk  # a view needs it
+        h = (head.view(xp.uint64) * mult[:words]).sum(axis=1, dtype=xp.uint64)
+        if tail:
+            last = xp.zeros((blk.shape[0], 8), xp.uint8)
+            last[:, :tail] = blk[:, words * 8 :]
+            h += last.view(xp.uint64)[:, 0] * mult[words]
+        out[s : s + HASH_BLOCK] = h
     return out
 
 

@@ -9,8 +9,9 @@ instead of fitting again, and ``gpu-cluster store-pending DB`` stores every kept
 whose rows are unchanged — both only after the selected rows' fingerprint is checked.
 
 The fingerprint identifies the selected rows and their vectors as read (before
-normalisation): SHA-256 over the ids and the float32 vectors in id order, so it does
-not depend on the order rows were read in nor on the device that holds them.
+normalisation): SHA-256 over the ids and a 64-bit hash of each row's float32 vector, in
+id order, so it does not depend on the order rows were read in nor on the device that
+holds them.
 """
 
 from __future__ import annotations
@@ -25,24 +26,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .device import array_module, to_host
+from .device import to_host
+from .distinct import row_hashes
 
 FORMAT = 1
-BLOCK_ROWS = 16_384  # rows per block while fingerprinting (~50 MB at 768-d)
 
 
 def fingerprint(ids: np.ndarray, vectors) -> str:
-    """Hex SHA-256 of the rows ``ids`` (S32, (n,)) with ``vectors`` ((n, d) float32, NumPy
-    or CuPy), in id order: the same rows give the same value in any read order, on
-    either device. Works in blocks of BLOCK_ROWS rows (one host copy of a block at most).
-    """
+    """Hex SHA-256 of the rows ``ids`` (S32, (n,)) in id order, each with its vector's
+    ``row_hashes`` ((n, d) float32, NumPy or CuPy, hashed where it lies): the same rows
+    give the same value in any read order, on either device. Any one changed word of a
+    vector changes it; several, but for a 2^-64 chance (a SHA-256 of all the vector
+    bytes took 6.7 s at 1.1M rows, this takes ~1 s)."""
     order = np.argsort(ids, kind="stable")
     digest = hashlib.sha256(np.ascontiguousarray(ids[order]).tobytes())
     digest.update(str(tuple(vectors.shape)).encode())
-    xp = array_module(vectors)
-    for start in range(0, order.shape[0], BLOCK_ROWS):
-        rows = vectors[xp.asarray(order[start : start + BLOCK_ROWS])]
-        digest.update(np.ascontiguousarray(to_host(rows), dtype="<f4").tobytes())
+    digest.update(np.ascontiguousarray(to_host(row_hashes(vectors))[order], "<u8").tobytes())
     return digest.hexdigest()
 
 

@@ -412,7 +412,7 @@ def compute_model(survey: ModelSurvey, env: RunEnv, clock) -> PendingResult | Mo
     try:
         check_plan(work.plan)  # known before reading a single vector
         clock.run("read", lambda: read_stage(work, env))
-        key = result_key(work, env)
+        key = clock.run("fingerprint", lambda: result_key(work, env))
         note_identical_results(env.engine, key, env.options.replace)
         computed = kept_result(env.engine, env.kept_dir, key)
         if computed is None:
@@ -442,9 +442,11 @@ def stored_outcome(computed: PendingResult, result_id: str, seconds: dict) -> Mo
 def result_key(work: ModelWork, env: RunEnv) -> dict:
     """What identifies a result: model, selection, the rows' fingerprint, backend, params."""
     sel = work.plan.selection
-    return pending.result_key(work.model, sel.factor, sel.rule,
-                              pending.fingerprint(work.loaded.ids, work.loaded.vectors),
-                              env.backend.NAME, work.plan.params.as_dict())
+    loaded = work.loaded
+    with env.reporter.stage(f"{work.model}: fingerprint", total=loaded.n):
+        fprint = pending.fingerprint(loaded.ids, loaded.vectors)
+    return pending.result_key(work.model, sel.factor, sel.rule, fprint, env.backend.NAME,
+                              work.plan.params.as_dict())
 
 
 def result_of(work: ModelWork, env: RunEnv, key: dict, seconds: dict) -> PendingResult:

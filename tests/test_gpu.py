@@ -83,6 +83,17 @@ def test_medoids_agree_between_cupy_and_numpy(cupy, embeddings, reference_labels
         assert chosen == pytest.approx(best, rel=1e-9)
 
 
+@pytest.mark.parametrize("dim", [768, 767])  # 767: each row ends in a half word
+def test_row_hashes_and_fingerprint_agree_between_cupy_and_numpy(cupy, embeddings, dim):
+    from gpu_cluster.distinct import row_hashes
+    from gpu_cluster.pending import fingerprint
+
+    x = np.ascontiguousarray(embeddings[:, :dim])
+    ids = np.array([f"{i:032x}".encode() for i in range(x.shape[0])], "S32")
+    np.testing.assert_array_equal(cupy.asnumpy(row_hashes(cupy.asarray(x))), row_hashes(x))
+    assert fingerprint(ids, cupy.asarray(x)) == fingerprint(ids, x)
+
+
 def test_streaming_into_device_memory(cupy, embeddings):
     from gpu_cluster.loading import usable_rows
     from gpu_cluster.staging import DeviceSink

@@ -184,10 +184,12 @@ def test_gpu_without_gpu_is_a_clear_error(demo_db):
 
 def test_every_step_of_a_model_is_a_logged_stage(demo_db, caplog):
     """No work between the read and the write runs without a log line (at 1.1M rows the
-    normalisation and the rows' hashes took 8.6 s before the fit's first line)."""
+    normalisation and the rows' hashes took 8.6 s before the fit's first line, and the
+    selection's fingerprint 6.6 s before the normalisation's)."""
     caplog.set_level("INFO", logger="gpu_cluster")
     cluster_database(str(demo_db), RunOptions(downsample=10, device="cpu", models=("Nomic",)))
     started = [m.split(": ")[1] for m in caplog.messages
                if m.startswith("Nomic: ") and m.endswith(": started") or
                m.startswith("Nomic: ") and ": started (" in m]
-    assert started == ["read", "normalise", "estimate", "cluster", "medoids", "write"]
+    assert started == ["read", "fingerprint", "normalise", "estimate", "cluster", "medoids",
+                       "write"]
