@@ -20,8 +20,8 @@ sparse points (``bridge_dense_fragments``).
   edge is then certified within the relative gap between its weight and the smallest
   bound not searched, which the details record (``max_relative_gap``).
 * Small components whose bound cannot rule out a very large component are searched
-  against every row at once (one masked pass over contiguous rows, RAFT's cross-component
-  1-NN idea), which avoids gathering the large component's rows per query.
+  against that component's rows at once (one pass over them, gathered block by block:
+  RAFT's cross-component 1-NN idea), which avoids gathering them once per query.
 
 Distances come from float32 cosines (error ~1e-7 in d²); every edge kept has its distance
 recomputed in float64 from the vectors.
@@ -267,7 +267,7 @@ class PairSearch:
         """Search small components against a very large one in one pass over all rows.
 
         A pair search would gather the large component's rows once per small component;
-        one masked pass over contiguous rows serves them all. Only components whose bound
+        one pass over them, gathered block by block, serves them all. Only components whose bound
         to it is below the edge to their nearest other candidate need it.
         """
         big = int(np.argmax(self.sizes))
@@ -285,12 +285,12 @@ class PairSearch:
                 need.append(a)
         need = sorted(need, key=lambda a: self.sizes[a])  # the smallest first, within budget
         rows = np.cumsum([self.sizes[a] for a in need])
-        need = [a for a, r in zip(need, rows) if r * self.comp.size <= PREFETCH_BUDGET_PAIRS]
+        need = [a for a, r in zip(need, rows) if r * self.sizes[big] <= PREFETCH_BUDGET_PAIRS]
         if not need:
             return
         queries = np.concatenate([self.groups[a] for a in need])
         self.details["full_pass_rows"] += int(queries.size)
-        j, w = masked_nearest(self.x, self.core, self.comp == big, queries)
+        j, w = nearest_among(self.x, self.core, self.groups[big], queries)
         start = 0
         for a in need:
             stop = start + self.sizes[a]
@@ -400,28 +400,29 @@ def reachability2_block(cos: np.ndarray, ca2: np.ndarray, cb2: np.ndarray) -> np
     return cos
 
 
-def masked_nearest(x, core, allowed: np.ndarray, queries: np.ndarray):
-    """Lightest edge from each query row to any row where ``allowed`` ((m,) bool) is set.
+def nearest_among(x, core, cols: np.ndarray, queries: np.ndarray):
+    """Lightest edge from each query row to any of the rows ``cols``.
 
-    One pass over contiguous blocks of rows. Returns ((q,) int64 row, (q,) float64 weight).
+    The columns are gathered once, block by block, and every query is searched against
+    each block, so a large ``cols`` is copied once for all the queries (not once per
+    query's component) and no other row is searched. Returns ((q,) int64 row, (q,)
+    float64 weight).
     """
-    m = x.shape[0]
     best_j = np.full(queries.size, -1, np.int64)
     best_w = np.full(queries.size, np.inf)
-    for s in range(0, queries.size, QUERY_BLOCK):
-        q = queries[s:s + QUERY_BLOCK]
-        xq = x[q]
-        for t in range(0, m, COLUMN_BLOCK):
-            cols = slice(t, t + COLUMN_BLOCK)
-            if not allowed[cols].any():
-                continue
-            w = reachability_block(xq @ x[cols].T, core[q], core[cols])
-            w[:, ~allowed[cols]] = np.inf
+    xq_all = x[queries] if queries.size <= GATHER_MAX_ROWS else None
+    for t in range(0, cols.size, COLUMN_BLOCK):
+        c = cols[t:t + COLUMN_BLOCK]
+        xc, core_c = x[c], core[c]
+        for s in range(0, queries.size, QUERY_BLOCK):
+            q = queries[s:s + QUERY_BLOCK]
+            xq = xq_all[s:s + QUERY_BLOCK] if xq_all is not None else x[q]
+            w = reachability_block(xq @ xc.T, core[q], core_c)
             j = np.argmin(w, axis=1)
             wj = w[np.arange(q.size), j]
             better = wj < best_w[s:s + q.size]
             best_w[s:s + q.size][better] = wj[better]
-            best_j[s:s + q.size][better] = t + j[better]
+            best_j[s:s + q.size][better] = c[j[better]]
     return best_j, best_w
 
 
