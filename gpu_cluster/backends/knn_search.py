@@ -57,7 +57,8 @@ class DistinctRows:
 def distinct_rows(x: np.ndarray) -> DistinctRows:
     """Group the rows of ``x`` ((n, d) float32) by identical bytes."""
     first, inverse, counts = groups_by_first_occurrence(row_hashes(x))
-    if not rows_equal(x, np.arange(x.shape[0]), first[inverse]):  # a hash collision: exact
+    copies = np.flatnonzero(first[inverse] != np.arange(x.shape[0]))  # not a group's first
+    if not rows_equal(x, copies, first[inverse[copies]]):  # a hash collision: exact
         rows = np.ascontiguousarray(x).view(np.dtype((np.void, x.shape[1] * x.itemsize)))
         first, inverse, counts = groups_by_first_occurrence(rows.ravel())
     return DistinctRows(first, inverse, counts)
