@@ -72,6 +72,9 @@ def working_bytes(dim: int, k: int) -> int:
 # synthetic 768-d): the partition's GEMMs at ~2e11 flop/s; the search per query-candidate
 # pair, 65% of it growing with the width (GEMM, gathers), 35% not (the partial sort):
 # 1.2e-8 s measured at 29k-78k distinct rows, 1.8e-8 s at 211k-770k (k-NN 131 s at 770k).
+# Probing by row (not by the cell's centroid) kept it at 141k (15.4 s; model 19.0 s) and
+# raised it at 770k (165.6 s; model 115.6 s): the whole fit's estimate stays within 2x
+# (benchmarks/estimates.py: 0.89 at 40k to 1.35 at 1.1M), so the constants were kept.
 PARTITION_FLOPS = 2e11
 PAIR_S = 1.6e-8  # per query row per candidate row, 768-d
 
