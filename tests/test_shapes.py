@@ -2,7 +2,7 @@
 nested density, chains, near-identical rows, heavy noise, a lone far point.
 
 Against scikit-learn (ARI >= 0.98) on sizes it finishes quickly, and against the known
-group structure where the k-NN path (HNSW + component joins) runs. The k-NN path is
+group structure where the k-NN path (cells' search + component joins) runs. The k-NN path is
 forced on small inputs by lowering the dense and exact-search thresholds: the same code
 that runs above 20,000 distinct rows.
 """
@@ -39,6 +39,16 @@ def knn_tree_total(x, params):
     return tree[2].sum(), details
 
 
+def knn_components(x, k, min_samples):
+    """Distinct rows, core distances and components of their k-NN reachability graph."""
+    d = knn.distinct_rows(x)
+    xd = x[d.rep_rows]
+    nb, _ = knn.nearest_neighbours(xd, k)
+    core, _ = knn_graph.core_distances(d.counts, nb, min_samples)
+    n_comp, comp = csgraph.connected_components(knn_graph.reachability_graph(nb, core))
+    return xd, core, comp, n_comp
+
+
 @pytest.mark.parametrize("shape,n,dim", [
     ("far_apart", 3000, 128), ("many_components", 4000, 128),
 ])
@@ -61,11 +71,7 @@ def test_joined_knn_tree_weighs_what_the_exact_tree_weighs(shape, n, dim):
 def test_exits_are_the_true_lightest_edges():
     """Every join edge of the first round is its component's lightest exit (brute force)."""
     x, _ = shapes.far_apart(n=1500, dim=64, seed=4)
-    d = knn.distinct_rows(x)
-    xd = x[d.rep_rows]
-    nb, _ = knn.nearest_neighbours(xd, 32)
-    core, _ = knn_graph.core_distances(d.counts, nb, 5)
-    n_comp, comp = csgraph.connected_components(knn_graph.reachability_graph(nb, core))
+    xd, core, comp, n_comp = knn_components(x, 32, 5)
     assert n_comp > 3
     pairs = component_joins.PairSearch(xd, core, comp, n_comp, {"pair_searches": 0, "full_pass_rows": 0})
     x64 = xd.astype(np.float64)
@@ -76,6 +82,26 @@ def test_exits_are_the_true_lightest_edges():
         inside = comp == c
         assert e.w == pytest.approx(mr[np.ix_(inside, ~inside)].min(), rel=1e-5)
         assert sorted([comp[e.i] == c, comp[e.j] == c]) == [False, True]
+
+
+@pytest.mark.parametrize("spread,closeness", [(0.03, 0.95), (0.6, 0.8)])  # radius bound: 0.56 at 0.6
+def test_pair_lower_bounds_hold_and_are_close(spread, closeness):
+    """The components' pairwise lower bounds never exceed the true lightest edge between
+    them (brute force), and on groups far apart they are close to it: the projection on
+    the centroids' line is, where radii (loose in high dimension) are not."""
+    x, _ = shapes.grouped(np.random.default_rng(1), 12, 1, 1200, 256, spread=spread)
+    xd, core, comp, n_comp = knn_components(x, 16, 5)
+    assert n_comp == 12
+    pairs = component_joins.PairSearch(xd, core, comp, n_comp, {"pair_searches": 0,
+                                                                 "full_pass_rows": 0})
+    x64 = xd.astype(np.float64)
+    mr = np.maximum(np.sqrt(np.maximum(2 - 2 * x64 @ x64.T, 0)),
+                    np.maximum(core[:, None], core[None, :]))
+    off = ~np.eye(n_comp, dtype=bool)
+    true = np.array([[mr[np.ix_(comp == a, comp == b)].min() if a != b else np.inf
+                      for b in range(n_comp)] for a in range(n_comp)])
+    assert np.all(pairs.lower[off] <= true[off] * (1 + 1e-6))
+    assert np.median(pairs.lower[off] / true[off]) >= closeness
 
 
 @pytest.mark.parametrize("shape,n,eps", [
