@@ -29,7 +29,7 @@ if [ "${1:-}" = "--wrapped-run" ]; then  # the nohup'd part: run, wait, record t
     echo "$(stamp) perform-clustering: starting: $*"
     "$@" &
     child=$!
-    echo "$child" > "$pid_file"
+    echo "$child" > "$pid_file.$$" && mv -f "$pid_file.$$" "$pid_file"  # atomic: never read empty
     trap 'kill -TERM "$child" 2>/dev/null' TERM INT HUP
     rc=0; wait "$child" || rc=$?
     while kill -0 "$child" 2>/dev/null; do rc=0; wait "$child" || rc=$?; done
@@ -86,10 +86,19 @@ refuse() {
 }
 
 if ! claim; then
-    old_pid="$(cat "$pid_file" 2>/dev/null || true)"
+    old_pid=""
+    for _ in $(seq 20); do  # a PID file that exists but reads empty is being written: re-read
+        old_pid="$(cat "$pid_file" 2>/dev/null || true)"
+        { [ -n "$old_pid" ] || [ ! -e "$pid_file" ]; } && break
+        sleep 0.05
+    done
     if [ -n "$old_pid" ] && kill -0 "$old_pid" 2>/dev/null \
         && ps -p "$old_pid" -o args= 2>/dev/null | grep -q -E "gpu.cluster|perform-clustering"; then
         refuse "$old_pid"
+    fi
+    again="$(cat "$pid_file" 2>/dev/null || true)"
+    if [ -e "$pid_file" ] && [ "$again" != "$old_pid" ]; then
+        refuse "${again:-?}"  # it changed while we looked: a run is starting
     fi
     echo "perform-clustering: removing stale PID file $pid_file (PID ${old_pid:-?} is not running)"
     rm -f "$pid_file"
