@@ -103,9 +103,6 @@ def _child(backend: ModuleType, x, params: HdbscanParams, conn, parent_pid: int)
         signal.signal(s, signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):  # forked while they were held
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-    after_fork = getattr(backend, "after_fork", None)  # the backend's own repairs, if any
-    if after_fork is not None:
-        after_fork()
     try:
         labels = backend.fit(x, params)
         conn.send(("ok", (labels.labels, labels.probabilities, labels.details)))

@@ -10,8 +10,7 @@ Each backend module defines ``NAME``, ``DEVICE`` ('cpu' or 'gpu') and
     free_memory() -> bytes a fit may plan with by default (optional: the host budget)
 
 and optionally ``check_requested(requested)`` (refuse, before any work, a value it can
-never accept) and ``after_fork()`` (repairs in a forked fit child, isolation.py). The
-helpers a backend alone uses sit beside it here (``knn_search``, ``cuml_memory``, ...).
+never accept). The helpers a backend alone uses sit beside it here (``knn_search``, ``cuml_memory``, ...).
 ``x`` is an ``(n, d)`` float32 array with L2-normalised rows (NumPy for a CPU backend,
 CuPy for a GPU one). Modules are imported lazily, so a CPU install never touches cuML.
 """
