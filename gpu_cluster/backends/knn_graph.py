@@ -145,12 +145,12 @@ def knn_graph_mst(xd: np.ndarray, counts: np.ndarray, params: HdbscanParams, sec
     seconds["knn"], t = time.perf_counter() - t, time.perf_counter()
     core, short = core_distances(counts, nb, params.min_samples)
     graph = reachability_graph(nb, core)
-    n_components = csgraph.connected_components(graph, directed=False)[0]
+    n_components, parts = csgraph.connected_components(graph, directed=False)
     seconds["graph"], t = time.perf_counter() - t, time.perf_counter()
     graph, bridges = component_joins.bridge_dense_fragments(x_index, graph, core,
                                                             params.min_cluster_size)
     seconds["bridges"], t = time.perf_counter() - t, time.perf_counter()
-    graph, joins = component_joins.join_components(x_index, graph, core)
+    graph, joins = component_joins.join_components(x_index, graph, core, parts)
     seconds["joins"], t = time.perf_counter() - t, time.perf_counter()
     tree = graph_mst(graph)
     seconds["mst"] = time.perf_counter() - t
