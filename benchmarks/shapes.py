@@ -11,6 +11,7 @@ shape has a known group structure at the level the default parameters should fin
     identical        all rows identical but a few
     noise90          90% uniform background, 10% in a few clusters
     one_far_point    one group of distinct rows plus one far-off point
+    tight_blobs      thousands of small tight blobs, all ~1.4 apart: thousands of components
 """
 
 from __future__ import annotations
@@ -95,7 +96,16 @@ def one_far_point(n: int = 20_001, dim: int = 768, seed: int = 0):
     return np.concatenate([x, far.astype(np.float32)]), None
 
 
+def tight_blobs(n: int = 100_000, dim: int = 768, seed: int = 0, rows_per_blob: int = 50):
+    """n // rows_per_blob blobs (spread 0.1) around random centres: each blob holds more
+    rows than the k-NN graph's 33-row lists, so each is its own component."""
+    rng = np.random.default_rng(seed)
+    x, pick = around(rng, unit(rng.standard_normal((n // rows_per_blob, dim))), 0.1, n)
+    return x.astype(np.float32), pick.astype(np.int64)
+
+
 SHAPES = {
     "far_apart": far_apart, "many_components": many_components, "nested": nested,
     "chain": chain, "identical": identical, "noise90": noise90, "one_far_point": one_far_point,
+    "tight_blobs": tight_blobs,
 }

@@ -74,9 +74,7 @@ def test_bridged_blobs_are_joined_from_their_compact_parts(knn_path):
     bounds rule out nothing, so its exit is searched from its blobs' bounds. Every exit
     stays exact, and each costs a few pair searches (searched from the long components
     themselves: 839 here, 7 per blob; at 100k rows in 2,000 blobs, 169 s of joins)."""
-    rng = np.random.default_rng(1)
-    x, truth = shapes.around(rng, shapes.unit(rng.standard_normal((120, 256))), 0.1, 6000)
-    x = x.astype(np.float32)
+    x, truth = shapes.tight_blobs(n=6000, dim=256, seed=1)  # 120 blobs
     p = default_params(len(x), min_samples=5, min_cluster_size=10)
     _, details = knn_tree_total(x, p)
     joins = details["joins"]
@@ -126,7 +124,7 @@ def test_pair_lower_bounds_hold_and_are_close(spread, closeness):
 @pytest.mark.parametrize("shape,n,eps", [
     ("far_apart", 2500, 0.4), ("many_components", 3000, 0.4), ("nested", 2000, 0.0),
     ("nested", 2000, 0.4), ("chain", 1500, 0.0), ("identical", 1500, 0.4),
-    ("noise90", 2000, 0.0), ("noise90", 2000, 0.4),
+    ("noise90", 2000, 0.0), ("noise90", 2000, 0.4), ("tight_blobs", 3000, 0.4),
 ])
 def test_shapes_match_the_reference(shape, n, eps):
     """Default path (exact dense MST below 20,000 distinct rows): ARI >= 0.98."""
@@ -138,7 +136,7 @@ def test_shapes_match_the_reference(shape, n, eps):
 
 @pytest.mark.parametrize("shape,n,eps", [
     ("far_apart", 3000, 0.4), ("many_components", 4000, 0.4), ("chain", 1500, 0.0),
-    ("noise90", 2000, 0.4),
+    ("noise90", 2000, 0.4), ("tight_blobs", 3000, 0.4),
 ])
 def test_knn_path_matches_the_reference(knn_path, shape, n, eps):
     """The k-NN path (cells' search + joins) on the same shapes: ARI >= 0.98, no failure.
