@@ -85,6 +85,19 @@ def test_bridged_blobs_are_joined_from_their_compact_parts(knn_path):
     assert adjusted_rand_score(truth, got.labels) == 1.0
 
 
+def test_too_many_parts_are_searched_as_their_components(knn_path, monkeypatch):
+    """Past MAX_PARTS parts (their pair bounds grow as parts²) the exits are searched from
+    the bridged components themselves: slower, the same groups, every exit exact."""
+    monkeypatch.setattr(component_joins, "MAX_PARTS", 20)
+    x, truth = shapes.tight_blobs(n=3000, dim=128, seed=2)  # 60 blobs
+    p = default_params(len(x), min_samples=5, min_cluster_size=10)
+    got = knn_graph.fit(x, p)
+    joins = got.details["joins"]
+    assert joins["components"] > 1 and joins["parts"] == joins["components"] < 60
+    assert "max_relative_gap" not in joins
+    assert adjusted_rand_score(truth, got.labels) == 1.0
+
+
 def test_exits_are_the_true_lightest_edges():
     """Every join edge of the first round is its component's lightest exit (brute force)."""
     x, _ = shapes.far_apart(n=1500, dim=64, seed=4)

@@ -61,6 +61,7 @@ FIRST_CHUNK = 8  # outside components searched in the first batch (doubling afte
 FULL_PASS_MAX_ROWS = 4096  # components up to this size may be searched in one pass ...
 LARGE_FRACTION = 0.25  # ... against a component holding at least this share of the rows
 PREFETCH_BUDGET_PAIRS = 2_000_000_000  # row pairs of that one pass, at most
+MAX_PARTS = 8192  # more parts than this: search from the components (0.8 GB of pair bounds)
 BOUND_BLOCK_ENTRIES = 1 << 22  # rows x parts per block of the pair bounds (32 MB of float64)
 
 
@@ -96,6 +97,8 @@ def join_components(x: np.ndarray, graph: sp.csr_matrix, core: np.ndarray,
     if n_comp > 1:
         parts = comp if parts is None else np.unique(parts, return_inverse=True)[1].ravel()
         n_parts = int(parts.max()) + 1
+        if n_parts > MAX_PARTS > n_comp:  # the pair bounds are parts² x 12 bytes
+            parts, n_parts = comp, n_comp
         owner = np.empty(n_parts, np.int64)
         owner[parts] = comp  # the component each part lies in
         details["parts"] = n_parts
