@@ -104,6 +104,56 @@ def test_the_same_lists_with_one_thread_or_two(small_cells):
     np.testing.assert_array_equal(one[1], two[1])
 
 
+@pytest.mark.parametrize("name", ["many_components", "blob"])
+def test_skipping_visits_by_angle_changes_no_list(small_cells, monkeypatch, name):
+    """A probed cell is searched only for the rows it could still improve (by the angles
+    to its centroid): the lists are those of searching every probe."""
+    x = distinct_unit(shapes.many_components(n=4000, dim=64)[0] if name != "blob"
+                      else diffuse_blob(4000, 64))
+    calls = []
+
+    def counting(*args):
+        kept = original(*args)
+        calls.append((kept.size, int(kept.sum())))
+        return kept
+
+    original = knn_cells.could_improve
+    monkeypatch.setattr(knn_cells, "could_improve", counting)
+    ids, sims = knn_cells.cell_neighbours(x, 16)
+    visits, kept = np.sum(calls, axis=0)
+    assert kept < visits  # some visits were skipped
+    monkeypatch.setattr(knn_cells, "could_improve", lambda angle, radius, lists: np.ones(angle.size, bool))
+    every_ids, every_sims = knn_cells.cell_neighbours(x, 16)
+    np.testing.assert_array_equal(ids, every_ids)
+    np.testing.assert_allclose(sims, every_sims, atol=1e-6)
+
+
+def test_no_cosine_exceeds_the_angle_bound():
+    """Rows of a cell and rows outside it: every cosine between them is at most
+    cos(max(0, angle to the centroid - the cell's radius)), as could_improve assumes, and
+    the bound is reached by rows beyond the cell's farthest row on the great circle
+    through it (so a radius taken too small would fail here)."""
+    rng = np.random.default_rng(3)
+    centroid = unit(rng.standard_normal((1, 32)))[0]
+    cell = unit(centroid + 0.3 * rng.standard_normal((200, 32)).astype(np.float32))
+    far = cell[np.argmin(cell @ centroid)]
+    towards = far - (far @ centroid) * centroid
+    towards /= np.linalg.norm(towards)
+    theta = np.linspace(0.5, 3.0, 60)[:, None]  # beyond the far row, and around it
+    beyond = (np.cos(theta) * centroid + np.sin(theta) * towards).astype(np.float32)
+    outside = np.concatenate([beyond, unit(rng.standard_normal((300, 32)) + 2 * centroid)])
+    radius = knn_cells.cell_radii(np.zeros(200, np.int64), cell @ centroid, 1)[0]
+    angle = knn_cells.angle_at_least(outside @ centroid)
+    best = (outside @ cell.T).max(axis=1)
+    bound = np.cos(np.maximum(angle - radius, 0))
+    assert (best <= bound + 1e-6).all()
+    assert np.abs(best - bound)[:60][theta[:, 0] > radius].max() < 1e-3  # tight on the circle
+    improvable = np.repeat(best[:, None] - 1e-3, 3, axis=1)  # lists the cell would improve
+    assert knn_cells.could_improve(angle, radius, improvable).all()
+    beyond_bound = np.repeat(bound[:, None] + 2 * knn_cells.COSINE_SLACK, 3, axis=1)
+    assert not knn_cells.could_improve(angle, radius, beyond_bound).any()
+
+
 def test_an_uneven_partition_splits_its_big_cells(small_cells):
     """90% of the rows in one tight blob: k-means would give it a few huge cells; they are
     split so that no query is searched against most of the rows."""

@@ -10,6 +10,14 @@ For m distinct unit rows (m above ``knn_search.EXACT_MAX_ROWS``):
    every row finds itself): one float32 GEMM and a partial sort per cell, for all the rows
    probing that cell, each row's best kept as the cells go by.
 
+A probed cell other than the row's own is searched only if it could still improve the
+row's list: every row of a cell lies within an angle ``radius`` of its centroid (the
+largest over its rows), so a row at angle a from that centroid has no cosine above
+cos(max(0, a - radius)) with any of them; where that is at most the worst cosine on the
+row's list (its own cell searched first), the visit changes nothing and is skipped. This
+is exact (the lists are those of searching every probe, tested): on 200k synthetic rows
+it skipped 54% of the visits and took the search from 13.9 s to 10.9 s.
+
 A true neighbour in a cell not probed is missed, and the list holds the next nearest
 instead, so a core distance can only come out too large. Probing the cells nearest each
 row, not those nearest its cell's centroid (as this did first), matters at the cells'
@@ -46,6 +54,7 @@ TILE_ENTRIES = 1 << 23  # query rows x (candidates + 2 (k + 1)) per block (8M: 3
 QUERY_ROWS = 8192  # query rows gathered per block, at most (25 MB at 768-d)
 ROW_CHUNKS = 4  # fixed row ranges the threads share out (at most 4 threads; 16 chunks' smaller GEMMs took 20.1 s against 15.4 s at 200k)
 ASSIGN_BLOCK = 16384
+COSINE_SLACK = 1e-4  # float32 GEMM cosines of 768-d unit rows: error well below this
 SEED = 0
 
 
@@ -117,10 +126,16 @@ def spherical_kmeans(sample: np.ndarray, n_cells: int, rng: np.random.Generator)
 def nearest_cells(x: np.ndarray, centroids: np.ndarray, p: int) -> np.ndarray:
     """(m, p) int64: each row's p most similar centroids (largest inner product), most
     similar first. One GEMM of the rows against the centroids, in blocks."""
+    return nearest_cells_with_cosines(x, centroids, p)[0]
+
+
+def nearest_cells_with_cosines(x: np.ndarray, centroids: np.ndarray, p: int):
+    """``nearest_cells`` and the (m, p) float32 cosines of each row with those centroids."""
     out = np.empty((x.shape[0], p), np.int64)
+    cos = np.empty((x.shape[0], p), np.float32)
     for s in range(0, x.shape[0], ASSIGN_BLOCK):
-        out[s:s + ASSIGN_BLOCK] = most_similar(x[s:s + ASSIGN_BLOCK] @ centroids.T, p)[0]
-    return out
+        out[s:s + ASSIGN_BLOCK], cos[s:s + ASSIGN_BLOCK] = most_similar(x[s:s + ASSIGN_BLOCK] @ centroids.T, p)
+    return out, cos
 
 
 def partition(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -169,9 +184,12 @@ def cell_neighbours(x: np.ndarray, k: int, *, threads: int | None = None):
     m = x.shape[0]
     centroids = partition(x, np.random.default_rng(SEED))
     n_cells = centroids.shape[0]
-    wanted = nearest_cells(x, centroids, min(probe_count(k), n_cells))
+    wanted, wanted_cos = nearest_cells_with_cosines(x, centroids, min(probe_count(k), n_cells))
     members = rows_by_cell(wanted[:, :1], n_cells)  # a row lives in its nearest cell
     visitors = rows_by_cell(wanted[:, 1:], n_cells)  # ... and probes its next nearest
+    radius = cell_radii(wanted[:, 0], wanted_cos[:, 0], n_cells)
+    angle = angle_at_least(wanted_cos[:, 1:])  # (m, p-1) float32: to the other cells' centroids
+    del wanted_cos
     width = k + 1
     ids = np.full((m, width), -1, np.int64)
     sims = np.full((m, width), -np.inf, np.float32)
@@ -181,14 +199,20 @@ def cell_neighbours(x: np.ndarray, k: int, *, threads: int | None = None):
     chunks = np.linspace(0, m, ROW_CHUNKS + 1).round().astype(np.int64)
 
     def search_chunks(first: int, last: int) -> None:
-        # Each row's own cell first: its list is then nearly final, and another cell's
+        # Each row's own cell first: its list is then nearly final; another cell is
+        # searched only for the rows whose angle to it allows a better cosine, and its
         # rows are merged only into the lists they improve.
-        for queriers in (members, visitors):
+        for visiting, queriers in ((False, members), (True, visitors)):
             for c in range(n_cells):
                 cuts = np.searchsorted(queriers[c], chunks[first:last + 1])
                 for lo, hi in zip(cuts[:-1], cuts[1:]):
                     if hi > lo and members[c].size:
-                        search_cell(x, members[c], queriers[c][lo:hi], ids, sims)
+                        q = queriers[c][lo:hi]
+                        if visiting:  # only the rows this cell could still improve
+                            to_c = angle[q][wanted[q, 1:] == c]  # one probe of c per row
+                            q = q[could_improve(to_c, radius[c], sims[q])]
+                        if q.size:
+                            search_cell(x, members[c], q, ids, sims)
 
     workers = threads or search_threads()
     groups = np.linspace(0, ROW_CHUNKS, min(workers, ROW_CHUNKS) + 1).round().astype(np.int64)
@@ -198,6 +222,32 @@ def cell_neighbours(x: np.ndarray, k: int, *, threads: int | None = None):
         blk = slice(s, s + ASSIGN_BLOCK)
         ids[blk], sims[blk] = most_similar_first(ids[blk], sims[blk])
     return ids, sims
+
+
+def angle_at_least(cos: np.ndarray) -> np.ndarray:
+    """Angles (radians, float32) no larger than those whose float32 cosines are ``cos``
+    (up to float32 rounding, which ``could_improve``'s slack covers)."""
+    return np.arccos(np.clip(cos.astype(np.float64) + COSINE_SLACK, -1.0, 1.0)).astype(np.float32)
+
+
+def cell_radii(cell: np.ndarray, cos: np.ndarray, n_cells: int) -> np.ndarray:
+    """(n_cells,) float64: the largest angle (radians, rounded up) between a cell's
+    centroid and a row living in it; ``cell``, ``cos``: each row's cell and cosine with
+    its centroid. 0 for an empty cell."""
+    smallest = np.full(n_cells, np.inf)
+    np.minimum.at(smallest, cell, cos.astype(np.float64))
+    smallest[np.isinf(smallest)] = 1.0
+    return np.arccos(np.clip(smallest - COSINE_SLACK, -1.0, 1.0))
+
+
+def could_improve(angle: np.ndarray, radius: float, lists: np.ndarray) -> np.ndarray:
+    """(r,) bool: may a row at ``angle`` (radians, at most) from a cell's centroid have a
+    cosine above its list's worst (``lists``: its (r, k+1) cosines) with a row of the
+    cell, every row of which lies within ``radius`` of the centroid? On the sphere the
+    angle between two rows is at least the difference of their angles to the centroid,
+    so no cosine there exceeds cos(max(0, angle - radius))."""
+    best_possible = np.cos(np.maximum(angle - radius, 0.0))
+    return best_possible + COSINE_SLACK > lists.min(axis=1)
 
 
 def search_cell(x: np.ndarray, rows: np.ndarray, queries: np.ndarray, ids: np.ndarray,
