@@ -214,20 +214,25 @@ def free_memory() -> int:
 
 
 # Rough, for plans and heartbeats; fitted to fits measured alone on this project's 2-core
-# machine (benchmarks/estimates.py, synthetic 768-d, 30% repeats): the dense path ~2·m²·d
-# float64 flops at ~45 GFLOP/s plus Prim at ~3 ns per matrix entry; the cells' search
-# (knn_cells.search_seconds); graph + MST ~1 µs per edge (1.1M x 42: 32 s); the bridges'
-# search half its pair budget (6.5 s at 110k, 28 s at 1.1M). Every fit also pays a fixed
-# start (the child process, the result's way back) and groups its n rows (8.7 s at 1.1M).
+# machine (benchmarks/estimates.py, synthetic 768-d, 30% repeats; refitted 2026-12-03 to the
+# 40k-1.1M fits after the joins by parts and the search's angle skip): the dense path
+# ~2·m²·d float64 flops at ~45 GFLOP/s plus Prim at ~3 ns per matrix entry; the cells'
+# search (knn_cells.search_seconds); graph + MST ~0.6 µs per edge (4e-7 at 110k, 5.7e-7 at
+# 300k x 293, 6.6e-7 at 1.1M x 43); the bridges' search a quarter of its pair budget at
+# most plus a per-row part for its bounds (measured 6.9 s at 40k, 6.7 s at 110k, 19.7 s at
+# 300k, 21.5 s at 1.1M). Every fit also pays a fixed start (the child process, the
+# result's way back) and groups its n rows (8.6 s at 1.1M).
 FIT_FIXED_S = 0.03
 HASH_S_PER_VALUE = 1e-8
-EDGE_S = 1e-6  # graph + MST, per edge
+EDGE_S = 6e-7  # graph + MST, per edge
 # The component joins depend on how many components the k-NN graph has, which no plan
-# knows: ~0.3 s where it was connected (110k-300k synthetic rows) and 89 s at 770k distinct
-# rows (k 43: 300 components, the synthetic's 300 centres, each exit budget-bound); taken
-# as half that per row, so that both stay within 2x.
-JOIN_S_PER_ROW = 6e-5
-BRIDGE_FLOPS = 3e10  # float32 GEMM of the bridge searches, 2 cores (5e8 pairs: 24.8 s)
+# knows: ~0.3 s where it was connected (40k-110k synthetic rows), 3.5 s at 300k (k 293) and
+# 28 s at 770k distinct rows (k 43: the synthetic's 300 centres, 133 components after the
+# bridges, each exit budget-bound); taken as the largest per row, so that all stay within 2x
+# of the whole fit.
+JOIN_S_PER_ROW = 3.6e-5
+BRIDGE_FLOPS = 5e10  # float32 GEMM of the bridge searches, with their gathers, 2 cores
+BRIDGE_S_PER_ROW = 1.5e-5  # the fragments' summaries and pair bounds
 
 
 def fit_seconds(n: int, m: int, dim: int, params: HdbscanParams) -> float:
@@ -243,10 +248,11 @@ def fit_seconds(n: int, m: int, dim: int, params: HdbscanParams) -> float:
 
 
 def bridge_seconds(m: int, dim: int) -> float:
-    """The dense-fragment bridges' search (component_joins): as many row pairs as the
-    fragments need, up to its budget; taken as half the budget (at most m²/4 pairs)."""
+    """The dense-fragment bridges (component_joins): as many row pairs as the fragments
+    need, up to its budget, taken as half the budget (at most m²/4 pairs), plus their
+    bounds' pass over the m rows."""
     pairs = min(component_joins.BRIDGE_BUDGET_PAIRS / 2, m * m / 4)
-    return 2.0 * pairs * dim / BRIDGE_FLOPS
+    return 2.0 * pairs * dim / BRIDGE_FLOPS + BRIDGE_S_PER_ROW * m
 
 
 def estimate(n: int, dim: int, params: HdbscanParams) -> tuple[float, int]:
