@@ -233,7 +233,7 @@ def angle_at_least(cos: np.ndarray) -> np.ndarray:
 def cell_radii(cell: np.ndarray, cos: np.ndarray, n_cells: int) -> np.ndarray:
     """(n_cells,) float64: the largest angle (radians, rounded up) between a cell's
     centroid and a row living in it; ``cell``, ``cos``: each row's cell and cosine with
-    its centroid. 0 for an empty cell."""
+    its centroid. About 0 (the slack's angle) for an empty cell."""
     smallest = np.full(n_cells, np.inf)
     np.minimum.at(smallest, cell, cos.astype(np.float64))
     smallest[np.isinf(smallest)] = 1.0
