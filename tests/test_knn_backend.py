@@ -177,3 +177,40 @@ def test_reachability_graph_is_the_symmetric_union_of_the_lists():
                 w = max(core[i], core[j], d)
                 expected[i, j] = expected[j, i] = max(expected[i, j], w)
     np.testing.assert_array_equal(graph, expected)
+
+
+def test_graph_mst_is_the_minimum_spanning_tree_of_the_symmetric_graph():
+    """Each edge given once (the upper triangle) to scipy's MST: the tree of the whole
+    symmetric graph, by total weight and by the scipy-free Prim of the dense matrix; the
+    triangle holds every off-diagonal edge once, also with empty rows."""
+    from scipy.sparse import csgraph, csr_matrix, random as sparse_random
+    rng = np.random.default_rng(5)
+    upper = sparse_random(80, 80, density=0.15, random_state=rng, format="csr")
+    upper.data = rng.uniform(0.1, 2.0, upper.data.size).round(1)  # many equal weights
+    chain = csr_matrix((np.full(79, 3.0), (np.arange(79), np.arange(1, 80))), shape=(80, 80))
+    sym = (upper + upper.T).maximum(chain).maximum(chain.T).tocsr()  # connected
+    sym.setdiag(0.5)  # self-loops are not edges
+    sym = sym.tocsr()
+    a, b, w = knn_graph.graph_mst(sym)
+    assert a.size == 79
+    assert w.sum() == pytest.approx(csgraph.minimum_spanning_tree(sym).sum())
+    dense = sym.toarray()
+    np.fill_diagonal(dense, 0)
+    assert w.sum() == pytest.approx(prim_total(np.where(dense > 0, dense, np.inf)))
+    tri = knn_graph.upper_triangle(csr_matrix(np.triu(np.ones((4, 4))) + np.eye(4)[::-1]))
+    np.testing.assert_array_equal(tri.toarray(), np.triu(np.ones((4, 4)), 1) + np.triu(np.eye(4)[::-1], 1))
+
+
+def prim_total(weights: np.ndarray) -> float:
+    """Total weight of a minimum spanning tree of a dense (n, n) matrix (inf: no edge)."""
+    n = weights.shape[0]
+    best = weights[0].copy()
+    done = np.zeros(n, bool)
+    done[0] = True
+    total = 0.0
+    for _ in range(n - 1):
+        j = int(np.argmin(np.where(done, np.inf, best)))
+        total += best[j]
+        done[j] = True
+        best = np.minimum(best, weights[j])
+    return total
