@@ -84,6 +84,9 @@ def working_bytes(dim: int, k: int) -> int:
 # Probing by row (not by the cell's centroid) kept it at 141k (15.4 s; model 19.0 s) and
 # raised it at 770k (165.6 s; model 115.6 s): the whole fit's estimate stays within 2x
 # (benchmarks/estimates.py: 0.89 at 40k to 1.35 at 1.1M), so the constants were kept.
+# The angle skip (data-dependent: 54% of visits on synthetic rows, none on a diffuse blob)
+# took 770k to 132.6 s; the constants stay those of a search that skips nothing, and the
+# rest of the fit's model was refitted around them (knn_graph: 0.69-1.19 at 40k-1.1M).
 PARTITION_FLOPS = 2e11
 PAIR_S = 1.6e-8  # per query row per candidate row, 768-d
 

@@ -238,7 +238,7 @@ def free_memory() -> int:
 # result's way back) and groups its n rows (8.6 s at 1.1M).
 FIT_FIXED_S = 0.03
 HASH_S_PER_VALUE = 1e-8
-EDGE_S = 6e-7  # graph + MST, per edge
+EDGE_S = 6e-7  # graph + MST, per edge (fitted before the MST took each edge once: 300k x 293 now 4.2e-7)
 # The component joins depend on how many components the k-NN graph has, which no plan
 # knows: ~0.3 s where it was connected (40k-110k synthetic rows), 3.5 s at 300k (k 293) and
 # 28 s at 770k distinct rows (k 43: the synthetic's 300 centres, 133 components after the
