@@ -78,21 +78,38 @@ class Neighbours:
     method: str
 
 
+CORE_BLOCK_ROWS = 16_384  # rows per block of the core distances' running counts
+
+
 def core_distances(counts: np.ndarray, nb: Neighbours, min_samples: int) -> tuple[np.ndarray, int]:
     """(m,) float64 core distances from multiplicity-weighted neighbour lists.
 
-    Returns the distances and how many points never reached ``min_samples`` within
-    their k neighbours (their core distance is then the k-th distance, a lower bound).
+    A point's core distance is the distance at which itself and its copies, then its
+    neighbours with theirs, hold ``min_samples`` points. Returns the distances and how many
+    points never reached ``min_samples`` within their k neighbours (their core distance is
+    then the k-th distance, a lower bound). Worked in blocks of rows with int32 running
+    counts (n < 2**31): at 210k x 300 slots 3.9 s -> 1.2 s, and ~5 bytes per slot of a block
+    instead of ~17 per slot of all.
     """
-    nb_counts = np.where(nb.indices >= 0, counts[np.maximum(nb.indices, 0)], 0)
-    cum = counts[:, None] + np.cumsum(nb_counts, axis=1)
-    reached = cum >= min_samples
-    first = np.argmax(reached, axis=1)
-    core = nb.distances[np.arange(len(counts)), first]
-    short = ~reached[:, -1]
-    core[short] = nb.distances[short, -1]
-    core[counts >= min_samples] = 0.0  # enough copies of itself
-    return core, int((short & (counts < min_samples)).sum())
+    m = nb.indices.shape[0]
+    core = np.empty(m)
+    short_total = 0
+    counts32 = counts.astype(np.int32)
+    for start in range(0, m, CORE_BLOCK_ROWS):
+        rows = slice(start, start + CORE_BLOCK_ROWS)
+        idx, dist = nb.indices[rows], nb.distances[rows]
+        running = np.where(idx >= 0, counts32[np.maximum(idx, 0)], 0)
+        np.cumsum(running, axis=1, out=running)
+        running += counts32[rows, None]
+        reached = running >= min_samples
+        block = dist[np.arange(idx.shape[0]), np.argmax(reached, axis=1)]
+        short = ~reached[:, -1]
+        block[short] = dist[short, -1]
+        own = counts[rows] >= min_samples  # enough copies of itself
+        block[own] = 0.0
+        short_total += int((short & ~own).sum())
+        core[rows] = block
+    return core, short_total
 
 
 def nearest_neighbours(
