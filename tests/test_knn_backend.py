@@ -92,6 +92,36 @@ def test_core_distances_count_copies_first():
     assert core[0] == 0.0  # enough copies of itself
 
 
+def test_core_distances_in_blocks_equal_a_row_by_row_count(monkeypatch):
+    """Across block boundaries, with multiplicities, short lists and points with enough
+    copies of themselves: each row's core distance is where a plain running count of
+    itself then its listed neighbours first reaches min_samples."""
+    rng = np.random.default_rng(4)
+    m, k, min_samples = 500, 12, 9
+    counts = np.where(rng.random(m) < 0.2, rng.integers(2, 12, m), 1)
+    idx = np.stack([rng.choice(m, k, replace=False) for _ in range(m)])
+    dist = np.sort(rng.uniform(0.1, 1.0, (m, k)), axis=1)
+    idx[::7, 4:], dist[::7, 4:] = -1, np.inf
+    monkeypatch.setattr(knn, "CORE_BLOCK_ROWS", 64)
+    core, short = knn_graph.core_distances(counts, knn.Neighbours(idx, dist, "exact"), min_samples)
+    expected, expected_short = np.empty(m), 0
+    for i in range(m):
+        held, expected[i] = counts[i], 0.0
+        if held >= min_samples:
+            continue
+        for j, d in zip(idx[i], dist[i]):
+            if j >= 0:
+                held += counts[j]
+                expected[i] = d
+                if held >= min_samples:
+                    break
+        else:
+            expected_short += 1
+            expected[i] = dist[i, -1]
+    np.testing.assert_array_equal(core, expected)
+    assert short == expected_short > 0
+
+
 @pytest.mark.parametrize("n", [2, 3, 7])
 def test_all_identical_rows(n):
     x = np.tile(blobs(1, 16), (n, 1))
@@ -156,49 +186,121 @@ def test_explicit_min_samples_that_cannot_fit_is_refused():
         knn_graph.plan_params(p, 1_100_000, 768, available=1 * GIB, explicit=False)
 
 
-def test_reachability_graph_is_the_symmetric_union_of_the_lists():
-    """Every listed pair once, both ways, at max(core_i, core_j, d_ij); -1 slots skipped;
-    where the two directions' distances differ (rounding), the larger is kept."""
+def minimax_closure(weights: np.ndarray) -> np.ndarray:
+    """All-pairs minimax path distances of a dense undirected graph (inf: no edge), by
+    Floyd-Warshall: the heaviest edge on the best path, 0 on the diagonal."""
+    out = weights.copy()
+    np.fill_diagonal(out, 0.0)
+    for v in range(out.shape[0]):
+        out = np.minimum(out, np.maximum(out[:, v:v + 1], out[v:v + 1, :]))
+    return out
+
+
+def test_reachability_graph_keeps_near_edges_and_far_edges_that_can_be_in_the_tree(monkeypatch):
+    """Each row's first base_k neighbours at max(core_i, core_j, d_ij); a farther listed
+    neighbour only where it is lighter than the minimax path between its ends over the
+    near edges; -1 slots skipped. So the graph's spanning tree weighs what the tree of all
+    listed edges weighs, with the same components."""
+    from scipy.sparse import csgraph
+    x = blobs(90, 8, seed=2, centres=6, spread=0.05)
+    idx, dist = knn.exact_neighbours(x, 12)
+    idx[3, 11], dist[3, 11] = -1, np.inf  # a short list
+    idx[4, 1:], dist[4, 1:] = -1, np.inf
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((60, 8)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    idx, dist = knn.exact_neighbours(x, 5)
-    idx[3, 4], dist[3, 4] = -1, np.inf  # a short list
-    # a row with a mutual neighbour listed in an earlier row: its distances a little off
-    # from that other direction's (as two GEMM tiles may round them)
-    late = max(i for i in range(60) for j in idx[i] if 0 <= j < i and i in idx[j])
-    dist[late] *= 1 + 1e-9
-    core = rng.uniform(0.01, 0.05, 60)  # below the distances: the distances decide
-    graph = knn_graph.reachability_graph(knn.Neighbours(idx, dist, "exact"), core).toarray()
-    expected = np.zeros((60, 60))
-    for i in range(60):
-        for j, d in zip(idx[i], dist[i]):
+    core = rng.uniform(0.0, 0.3, 90)
+    base_k = 3
+    monkeypatch.setattr(knn, "CORE_BLOCK_ROWS", 16)  # the far edges are filtered in blocks
+    nb = knn.Neighbours(idx, dist, "exact")
+    graph = knn_graph.reachability_graph(nb, core, base_k=base_k).toarray()
+
+    def weight(i, j, d):
+        return max(core[i], core[j], d)
+
+    near = np.full((90, 90), np.inf)
+    for i in range(90):
+        for j, d in zip(idx[i, :base_k], dist[i, :base_k]):
             if j >= 0:
-                w = max(core[i], core[j], d)
-                expected[i, j] = expected[j, i] = max(expected[i, j], w)
+                near[i, j] = near[j, i] = min(near[i, j], weight(i, j, d))
+    minimax = minimax_closure(near)
+    expected = np.zeros((90, 90))
+    kept = dropped = 0
+    for i in range(90):
+        for rank, (j, d) in enumerate(zip(idx[i], dist[i])):
+            if j < 0:
+                continue
+            if rank >= base_k and not weight(i, j, d) < minimax[i, j]:
+                dropped += 1
+                continue
+            kept += rank >= base_k
+            expected[i, j] = weight(i, j, d)
+    assert kept > 0 and dropped > 0  # both branches are exercised
     np.testing.assert_array_equal(graph, expected)
+    everything = knn_graph.reachability_graph(nb, core, base_k=12)
+    assert everything.nnz == (idx >= 0).sum()
+    n_all, comp_all = csgraph.connected_components(everything, directed=False)
+    n_ours, comp_ours = csgraph.connected_components(graph, directed=False)
+    assert n_ours == n_all and adjusted_rand_score(comp_all, comp_ours) == 1.0
+    assert csgraph.minimum_spanning_tree(graph).sum() == pytest.approx(
+        csgraph.minimum_spanning_tree(everything).sum(), rel=1e-12)
 
 
-def test_graph_mst_is_the_minimum_spanning_tree_of_the_symmetric_graph():
-    """Each edge given once (the upper triangle) to scipy's MST: the tree of the whole
-    symmetric graph, by total weight and by the scipy-free Prim of the dense matrix; the
-    triangle holds every off-diagonal edge once, also with empty rows."""
-    from scipy.sparse import csgraph, csr_matrix, random as sparse_random
+def test_forest_minimax_is_the_heaviest_edge_on_the_path():
+    """Against Floyd-Warshall on a random forest of several trees, with equal weights and
+    a repeated edge (read as the forest's minimum): inf between trees, 0 from a node to
+    itself."""
+    from scipy.sparse import csgraph, csr_matrix
+    from gpu_cluster.backends.forest_minimax import ForestMinimax
+    rng = np.random.default_rng(7)
+    m = 120
+    weights = np.where(rng.random((m, m)) < 0.012, rng.integers(1, 6, (m, m)) / 4, 0)
+    forest = csgraph.minimum_spanning_tree(csr_matrix(weights)).tocoo()
+    assert csgraph.connected_components(forest, directed=False)[0] > 3
+    a = np.append(forest.row, forest.row[0])  # the first edge once more, heavier
+    b = np.append(forest.col, forest.col[0])
+    w = np.append(forest.data, forest.data[0] + 1)
+    dense = np.full((m, m), np.inf)
+    dense[forest.row, forest.col] = dense[forest.col, forest.row] = forest.data
+    expected = minimax_closure(dense)
+    i, j = (v.ravel() for v in np.meshgrid(np.arange(m), np.arange(m), indexing="ij"))
+    got = ForestMinimax(a, b, w, m).between(i, j).reshape(m, m)
+    np.testing.assert_array_equal(got, expected)
+    assert np.isinf(got).any() and (got == 0).sum() == m
+
+
+def test_graph_mst_is_the_minimum_spanning_tree_of_the_graph_read_as_undirected():
+    """A pair may be stored in one direction or both (the lighter weighs): the tree's
+    weight is that of a scipy-free Prim on the dense undirected matrix; with many equal
+    weights and self-loops."""
+    from scipy.sparse import csr_matrix, random as sparse_random
     rng = np.random.default_rng(5)
-    upper = sparse_random(80, 80, density=0.15, random_state=rng, format="csr")
-    upper.data = rng.uniform(0.1, 2.0, upper.data.size).round(1)  # many equal weights
+    directed = sparse_random(80, 80, density=0.15, random_state=rng, format="csr")
+    directed.data = rng.uniform(0.1, 2.0, directed.data.size).round(1)  # many equal weights
     chain = csr_matrix((np.full(79, 3.0), (np.arange(79), np.arange(1, 80))), shape=(80, 80))
-    sym = (upper + upper.T).maximum(chain).maximum(chain.T).tocsr()  # connected
-    sym.setdiag(0.5)  # self-loops are not edges
-    sym = sym.tocsr()
-    a, b, w = knn_graph.graph_mst(sym)
+    graph = directed.maximum(chain).tolil()
+    graph.setdiag(0.5)  # self-loops are not edges
+    graph = graph.tocsr()
+    a, b, w = knn_graph.graph_mst(graph)
     assert a.size == 79
-    assert w.sum() == pytest.approx(csgraph.minimum_spanning_tree(sym).sum())
-    dense = sym.toarray()
+    dense = graph.toarray()
     np.fill_diagonal(dense, 0)
-    assert w.sum() == pytest.approx(prim_total(np.where(dense > 0, dense, np.inf)))
-    tri = knn_graph.upper_triangle(csr_matrix(np.triu(np.ones((4, 4))) + np.eye(4)[::-1]))
-    np.testing.assert_array_equal(tri.toarray(), np.triu(np.ones((4, 4)), 1) + np.triu(np.eye(4)[::-1], 1))
+    dense = np.where(dense > 0, dense, np.inf)
+    undirected = np.minimum(dense, dense.T)
+    assert w.sum() == pytest.approx(prim_total(undirected))
+    assert np.all(w == undirected[a, b])  # each tree edge at its lighter direction's weight
+
+
+def test_exits_are_added_once_where_the_graph_has_no_edge_either_way():
+    """An exit between two points the graph already links, in either stored direction,
+    keeps the graph's weight; a new one is stored once (a sparse sum would double it)."""
+    from scipy.sparse import csr_matrix
+    from gpu_cluster.backends import component_joins
+    graph = csr_matrix(([0.3, 0.4], ([5, 1], [2, 4])), shape=(6, 6))
+    exits = [component_joins.Exit(2, 5, 0.9), component_joins.Exit(1, 4, 0.8),
+             component_joins.Exit(0, 3, 0.7), component_joins.Exit(3, 0, 0.7)]
+    out = component_joins.with_edges(graph, exits).toarray()
+    expected = graph.toarray()
+    expected[0, 3] = 0.7
+    np.testing.assert_array_equal(out, expected)
 
 
 def prim_total(weights: np.ndarray) -> float:

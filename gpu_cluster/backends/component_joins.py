@@ -82,8 +82,8 @@ def join_components(x: np.ndarray, graph: sp.csr_matrix, core: np.ndarray,
                     parts: np.ndarray | None = None):
     """Add exact lightest exit edges until ``graph`` is connected (Borůvka rounds).
 
-    x: (m, d) float32 unit rows; graph: symmetric (m, m) CSR of mutual-reachability
-    weights; core: (m,) float64 core distances; parts: (m,) int labels of a finer
+    x: (m, d) float32 unit rows; graph: (m, m) CSR of mutual-reachability weights, read
+    as undirected; core: (m,) float64 core distances; parts: (m,) int labels of a finer
     partition, each part inside one component of ``graph`` (the k-NN graph's components
     before the bridges linked some of them), default the components themselves. Each
     component's exit is searched from its parts: two compact groups linked by a bridge
@@ -143,17 +143,19 @@ def bridge_dense_fragments(x, graph, core, min_size: int):
 
 
 def with_edges(graph: sp.csr_matrix, exits: list) -> sp.csr_matrix:
-    """``graph`` with the exits' edges added (each once: a sparse matrix sums repeats)."""
+    """``graph`` (read as undirected) with the exits' edges added, each once, where the
+    graph has no edge between their ends in either direction (one it has keeps its
+    weight; a sparse matrix would sum repeats)."""
     if not exits:
         return graph
     edges = {(min(e.i, e.j), max(e.i, e.j)): max(e.w, EDGE_FLOOR) for e in exits}
     i, j = (np.array(v, np.int64) for v in zip(*edges.keys()))
     w = np.array(list(edges.values()))
-    new = np.asarray(graph[i, j]).ravel() == 0  # an edge the graph has keeps its weight
+    new = (np.asarray(graph[i, j]).ravel() == 0) & (np.asarray(graph[j, i]).ravel() == 0)
     if not new.any():
         return graph
     extra = sp.csr_matrix((w[new], (i[new], j[new])), shape=graph.shape)
-    return graph.maximum(extra).maximum(extra.T).tocsr()
+    return (graph + extra).tocsr()
 
 
 def boruvka(pairs: "PairSearch", owner: np.ndarray, details: dict) -> list:
