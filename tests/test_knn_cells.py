@@ -85,23 +85,54 @@ def test_recall_against_exact_search(small_cells, name):
     assert np.mean(dist[:, -1] / exact_dist[:, -1] - 1) <= (0.04 if name == "noise90" else 0.01)
 
 
-def test_all_cells_probed_is_exact_search(monkeypatch):
+@pytest.mark.parametrize("k", [10, 80])  # 80: lists kept lazily (knn_cells.Lists)
+def test_all_cells_probed_is_exact_search(monkeypatch, k):
     monkeypatch.setattr(knn_cells, "CELL_ROWS", 100)  # ~12 cells, 16 probed: all of them
     x = distinct_unit(np.random.default_rng(3).standard_normal((1200, 64)).astype(np.float32))
-    ids, sims = knn_cells.cell_neighbours(x, 10)
-    found, dist = knn.drop_self(ids, sims, np.arange(x.shape[0]), 10)
-    exact, exact_dist = knn.exact_neighbours(x, 10)
+    ids, sims = knn_cells.cell_neighbours(x, k)
+    found, dist = knn.drop_self(ids, sims, np.arange(x.shape[0]), k)
+    exact, exact_dist = knn.exact_neighbours(x, k)
     np.testing.assert_allclose(dist, exact_dist, atol=1e-5)
     assert recall(found, exact) > 0.999
 
 
-def test_the_same_lists_with_one_thread_or_two(small_cells):
+@pytest.mark.parametrize("k", [16, 80])
+def test_the_same_lists_with_one_thread_or_two(small_cells, k):
     x, _ = shapes.many_components(n=3000, dim=64)
     x = distinct_unit(x)
-    one = knn_cells.cell_neighbours(x, 16, threads=1)
-    two = knn_cells.cell_neighbours(x, 16, threads=2)
+    one = knn_cells.cell_neighbours(x, k, threads=1)
+    two = knn_cells.cell_neighbours(x, k, threads=2)
     np.testing.assert_array_equal(one[0], two[0])
     np.testing.assert_array_equal(one[1], two[1])
+
+
+@pytest.mark.parametrize("width", [8, 60, 200])
+def test_lazy_lists_keep_the_most_similar_of_all_offers(width):
+    """Offers of random size to random rows, narrow lists (merged at every offer) and
+    wide ones (kept lazily, compacted on overflow): each row ends with the ``width`` most
+    similar of everything offered to it, most similar first."""
+    rng = np.random.default_rng(width)
+    m, n_ids = 50, 60 * 3 * width
+    lists = knn_cells.Lists(m, width)
+    assert lists.capacity == (width if width < knn_cells.LAZY_MIN_WIDTH else 2 * width)
+    offered = [dict() for _ in range(m)]
+    pool = rng.permutation(n_ids)
+    used = 0
+    for _ in range(60):
+        q = np.sort(rng.choice(m, size=rng.integers(1, 20), replace=False))
+        c = int(rng.integers(1, 3 * width))
+        candidates, used = pool[used:used + c], used + c
+        cos = rng.uniform(-1, 1, (q.size, c)).astype(np.float32)
+        lists.offer(q, candidates, cos)
+        for r, row in zip(q, cos):
+            offered[r].update(zip(candidates.tolist(), row.tolist()))
+    ids, sims = lists.most_similar_first()
+    assert ids.shape == sims.shape == (m, width)
+    for r in range(m):
+        best = sorted(offered[r].items(), key=lambda kv: -kv[1])[:width]
+        got = [(i, s) for i, s in zip(ids[r].tolist(), sims[r].tolist()) if i >= 0]
+        assert [s for _, s in got] == [s for _, s in best]
+        assert dict(got) == dict(best)
 
 
 @pytest.mark.parametrize("name", ["many_components", "blob"])
@@ -122,7 +153,7 @@ def test_skipping_visits_by_angle_changes_no_list(small_cells, monkeypatch, name
     ids, sims = knn_cells.cell_neighbours(x, 16)
     visits, kept = np.sum(calls, axis=0)
     assert kept < visits  # some visits were skipped
-    monkeypatch.setattr(knn_cells, "could_improve", lambda angle, radius, lists: np.ones(angle.size, bool))
+    monkeypatch.setattr(knn_cells, "could_improve", lambda angle, radius, worst: np.ones(angle.size, bool))
     every_ids, every_sims = knn_cells.cell_neighbours(x, 16)
     np.testing.assert_array_equal(ids, every_ids)
     np.testing.assert_allclose(sims, every_sims, atol=1e-6)
@@ -148,9 +179,9 @@ def test_no_cosine_exceeds_the_angle_bound():
     bound = np.cos(np.maximum(angle - radius, 0))
     assert (best <= bound + 1e-6).all()
     assert np.abs(best - bound)[:60][theta[:, 0] > radius].max() < 1e-3  # tight on the circle
-    improvable = np.repeat(best[:, None] - 1e-3, 3, axis=1)  # lists the cell would improve
+    improvable = (best - 1e-3).astype(np.float32)  # lists' worst that the cell would improve
     assert knn_cells.could_improve(angle, radius, improvable).all()
-    beyond_bound = np.repeat(bound[:, None] + 2 * knn_cells.COSINE_SLACK, 3, axis=1)
+    beyond_bound = (bound + 2 * knn_cells.COSINE_SLACK).astype(np.float32)
     assert not knn_cells.could_improve(angle, radius, beyond_bound).any()
 
 
