@@ -159,7 +159,7 @@ def test_min_samples_is_capped_to_the_budget():
     p = resolve(RequestedParams(), n)
     assert p.min_samples == 1100
     plan = knn_graph.plan_params(p, n, dim, available=12 * GIB, explicit=False)
-    assert plan.capped and 16 <= plan.min_samples < 100
+    assert plan.capped and knn_graph.MIN_GRAPH_K <= plan.min_samples < 1100
     assert plan.planned_bytes <= 12 * GIB
     assert "min_samples capped from 1100 to" in plan.reason and "kNN graph" in plan.reason
     fixed, per_k = knn_graph.memory_model(n, dim)

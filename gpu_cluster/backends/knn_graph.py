@@ -197,35 +197,40 @@ def single_vector_labels(n: int, params: HdbscanParams) -> Labels:
     return Labels(labels, np.full(n, 1.0 if one else 0.0), {"n_distinct": 1})
 
 
-# Host bytes per point per neighbour slot: kNN ids and distances, the edge keys and
-# weights, and the symmetric CSR graph with its MST (measured: ~85 B at n = 100k). The
-# search's own peak comes earlier and is smaller: its output (12 B per slot) and the lists
-# (16 B), plus its tiles (``knn_cells.working_bytes``), which count only where they exceed
-# the graph's extra bytes.
+# Host bytes per point per neighbour slot. The first MIN_GRAPH_K slots are graph edges:
+# kNN ids and distances, the edge weights, the CSR graph with its MST, the fragments'
+# copies (measured: ~85 B at n = 100k when every slot was an edge). A farther slot is only
+# a list entry: at the search's end its lazy buffer (``knn_cells.Lists``: 2 x 12 B) and its
+# output (12 B), later its id and distance (16 B); the graph keeps few of them (3% at
+# 300k x 293), filtered in blocks (measured 2026-12-03, 300k x 293: peak 4.32 GiB with the
+# buffers merged at every visit, against 6.93 GiB when every slot was an edge). The
+# search's own tiles (``knn_cells.working_bytes``) count only where they
+# exceed the graph's extra bytes.
 BYTES_PER_NEIGHBOUR = 96
-SEARCH_BYTES_PER_NEIGHBOUR = 28
+SEARCH_BYTES_PER_NEIGHBOUR = 40
 
 
 def memory_model(n: int, dim: int) -> tuple[int, int]:
-    """(fixed, per-neighbour) peak host bytes of a fit, including the float32 input.
+    """(fixed, per-neighbour) peak host bytes of a fit, including the float32 input, for
+    k >= MIN_GRAPH_K neighbours: ``fixed + per_neighbour * k``.
 
     The input is fixed; on top of it, the larger of the two paths' own fixed bytes (a plan
     cannot know which runs: that depends on the distinct rows): the k-NN path's
-    distinct-row copy (up to n rows) and the cells' search tiles, or the dense path's matrix and
-    its distinct rows (at most DENSE_MAX_ROWS of them). The kNN graph grows with the
-    neighbours searched, ``graph_k``.
+    distinct-row copy (up to n rows), its MIN_GRAPH_K graph edges per point and the cells'
+    search tiles, or the dense path's matrix and its distinct rows (at most DENSE_MAX_ROWS
+    of them). Each neighbour searched beyond MIN_GRAPH_K adds a list slot.
     """
     rows = min(n, dense_mst.DENSE_MAX_ROWS)
     dense = dense_mst.matrix_bytes(rows) + 4 * rows * dim
     tiles = knn_cells.working_bytes(dim, MIN_GRAPH_K)
-    graph_path = 4 * n * dim + max(
-        0, tiles - (BYTES_PER_NEIGHBOUR - SEARCH_BYTES_PER_NEIGHBOUR) * MIN_GRAPH_K * n)
-    return 4 * n * dim + max(graph_path, dense), BYTES_PER_NEIGHBOUR * n
+    edges = (BYTES_PER_NEIGHBOUR - SEARCH_BYTES_PER_NEIGHBOUR) * MIN_GRAPH_K * n
+    graph_path = 4 * n * dim + edges + max(0, tiles - edges)
+    return 4 * n * dim + max(graph_path, dense), SEARCH_BYTES_PER_NEIGHBOUR * n
 
 
 def peak_bytes(n: int, dim: int, min_samples: int) -> int:
-    """Planned peak host bytes of one fit: the graph holds ``max(min_samples, MIN_GRAPH_K)``
-    neighbours per point, so a min_samples below MIN_GRAPH_K costs as much as MIN_GRAPH_K."""
+    """Planned peak host bytes of one fit: ``max(min_samples, MIN_GRAPH_K)`` neighbours are
+    searched per point, so a min_samples below MIN_GRAPH_K costs as much as MIN_GRAPH_K."""
     fixed, per_k = memory_model(n, dim)
     return fixed + per_k * max(min_samples, MIN_GRAPH_K)
 
@@ -247,14 +252,16 @@ def free_memory() -> int:
 # machine (benchmarks/estimates.py, synthetic 768-d, 30% repeats; refitted 2026-12-03 to the
 # 40k-1.1M fits after the joins by parts and the search's angle skip): the dense path
 # ~2·m²·d float64 flops at ~45 GFLOP/s plus Prim at ~3 ns per matrix entry; the cells'
-# search (knn_cells.search_seconds); graph + MST ~0.6 µs per edge (4e-7 at 110k, 5.7e-7 at
-# 300k x 293, 6.6e-7 at 1.1M x 43); the bridges' search a quarter of its pair budget at
-# most plus a per-row part for its bounds (measured 6.9 s at 40k, 6.7 s at 110k, 19.7 s at
-# 300k, 21.5 s at 1.1M). Every fit also pays a fixed start (the child process, the
+# search (knn_cells.search_seconds); graph + MST ~0.2 µs per listed neighbour (refitted
+# 2026-12-03 after the graph kept 32 near edges and filtered the farther ones: 2.7e-7 at
+# 40k x 40, 2.1e-7 at 110k x 110, 1.6e-7 at 300k x 293; it was ~0.6 µs when every listed
+# neighbour was an edge); the bridges' search a quarter of its pair budget at
+# most plus a per-row part for its bounds (measured 9.1 s at 40k, 6.9 s at 110k, 7.2 s at
+# 300k; 21.5 s at 1.1M before the graph change). Every fit also pays a fixed start (the child process, the
 # result's way back) and groups its n rows (8.6 s at 1.1M).
 FIT_FIXED_S = 0.03
 HASH_S_PER_VALUE = 1e-8
-EDGE_S = 6e-7  # graph + MST, per edge (fitted before the MST took each edge once: 300k x 293 now 4.2e-7)
+EDGE_S = 2e-7  # graph + MST, per listed neighbour (m x k slots)
 # The component joins depend on how many components the k-NN graph has, which no plan
 # knows: ~0.3 s where it was connected (40k-110k synthetic rows), 3.5 s at 300k (k 293) and
 # 28 s at 770k distinct rows (k 43: the synthetic's 300 centres, 133 components after the
