@@ -85,7 +85,7 @@ def test_recall_against_exact_search(small_cells, name):
     assert np.mean(dist[:, -1] / exact_dist[:, -1] - 1) <= (0.04 if name == "noise90" else 0.01)
 
 
-@pytest.mark.parametrize("k", [10, 80])  # 80: lists kept lazily (knn_cells.Lists)
+@pytest.mark.parametrize("k", [10, 80])
 def test_all_cells_probed_is_exact_search(monkeypatch, k):
     monkeypatch.setattr(knn_cells, "CELL_ROWS", 100)  # ~12 cells, 16 probed: all of them
     x = distinct_unit(np.random.default_rng(3).standard_normal((1200, 64)).astype(np.float32))
@@ -108,13 +108,12 @@ def test_the_same_lists_with_one_thread_or_two(small_cells, k):
 
 @pytest.mark.parametrize("width", [8, 60, 200])
 def test_lazy_lists_keep_the_most_similar_of_all_offers(width):
-    """Offers of random size to random rows, narrow lists (merged at every offer) and
-    wide ones (kept lazily, compacted on overflow): each row ends with the ``width`` most
-    similar of everything offered to it, most similar first."""
+    """Offers of random size (below and above the buffer's room) to random rows: each
+    row ends with the ``width`` most similar of everything offered to it, most similar
+    first."""
     rng = np.random.default_rng(width)
     m, n_ids = 50, 60 * 3 * width
     lists = knn_cells.Lists(m, width)
-    assert lists.capacity == (width if width < knn_cells.LAZY_MIN_WIDTH else 2 * width)
     offered = [dict() for _ in range(m)]
     pool = rng.permutation(n_ids)
     used = 0

@@ -56,9 +56,6 @@ ROW_CHUNKS = 4  # fixed row ranges the threads share out (at most 4 threads; 16 
 ASSIGN_BLOCK = 16384
 COSINE_SLACK = 1e-4  # float32 GEMM cosines of 768-d unit rows: error well below this
 SEED = 0
-# Lists at least this wide are kept lazily (``Lists``); narrower ones are merged at every
-# visit, which is cheaper for them (k 32, 100k rows: 7.6 s against 8.3 s lazily).
-LAZY_MIN_WIDTH = 64
 
 
 def search_threads() -> int:
@@ -231,7 +228,8 @@ class Lists:
     (k+1)-th best cosine when it was last compacted, -inf before it first held k+1), and
     the buffer is compacted to its k+1 best only when a visit would overflow it. So a
     visit that brings a few better rows costs their copy, not a partial sort of 2(k+1)
-    entries (at k 300: merges 8.9 s -> ~1 s of a 22 s search, 100k rows, one thread).
+    entries (100k rows, k 300, one thread: merges and partial sorts 14.8 s -> 6.1 s; 200k
+    rows, two threads: k 60 16.9 s -> 15.2 s, k 32 15.7 s -> 14.4 s, means of two runs).
     ``worst`` never exceeds the true (k+1)-th best: what it lets in is a superset of
     what can enter, and the last compaction keeps exactly the k+1 best.
 
@@ -240,8 +238,7 @@ class Lists:
     """
 
     def __init__(self, m: int, width: int):
-        self.width = width
-        self.capacity = width if width < LAZY_MIN_WIDTH else 2 * width
+        self.width, self.capacity = width, 2 * width
         self.ids = np.full((m, self.capacity), -1, np.int64)
         self.sims = np.full((m, self.capacity), -np.inf, np.float32)
         self.fill = np.zeros(m, np.int64)
