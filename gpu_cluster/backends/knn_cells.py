@@ -7,8 +7,9 @@ For m distinct unit rows (m above ``knn_search.EXACT_MAX_ROWS``):
    times its share of the sample is split the same way, once;
 2. every row lives in the cell of its nearest centroid, and is searched, exactly, against
    the rows of the ``probes`` cells whose centroids are nearest *it* (its own first, so
-   every row finds itself): one float32 GEMM and a partial sort per cell, for all the rows
-   probing that cell, each row's best kept as the cells go by.
+   every row finds itself): one float32 GEMM per cell, for all the rows probing that
+   cell; a cosine above a row's worst so far joins its buffer (``Lists``), which a
+   partial sort compacts to the k+1 best when it fills.
 
 A probed cell other than the row's own is searched only if it could still improve the
 row's list: every row of a cell lies within an angle ``radius`` of its centroid (the
