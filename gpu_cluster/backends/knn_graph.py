@@ -13,8 +13,9 @@ Steps, for (n, d) unit rows ``x``:
    points (scikit-learn's convention: the point counts itself);
 4. mutual reachability ``max(core_i, core_j, d_ij)`` on the kNN graph: each point's
    first ``MIN_GRAPH_K`` neighbours, and its farther listed neighbours only where they are
-   lighter than the near edges' minimax path between their ends (the same spanning tree); disconnected components are joined by Borůvka
-   rounds, each component adding its exact lightest exit edge (``component_joins``);
+   lighter than the near edges' minimax path between their ends (the same spanning tree);
+   disconnected components are joined by Borůvka rounds, each component adding its exact
+   lightest exit edge (``component_joins``);
 5. minimum spanning tree (scipy) over distinct vectors; every copy hangs off its
    representative at the representative's core distance — exactly the edge the full
    mutual-reachability MST would use, since no edge of the copy is shorter;
