@@ -106,3 +106,23 @@ def test_distinct_members_keeps_first_occurrences_in_row_order():
     rows, w = medoids.distinct_members(x, members, np.array([1., 2., 3., 4., 5.]),
                                        medoids.row_hashes(x))
     assert rows.tolist() == [0, 1, 4] and w.tolist() == [4.0, 6.0, 5.0]
+
+
+@pytest.mark.parametrize("spread", [0.3, 1e-5])
+def test_exact_medoid_is_the_float64_argmin_even_for_a_tight_cluster(spread):
+    """The float32 ranking must not lose the medoid: at a spread of 1e-5 (distances ~4e-4)
+    float32 cosine-scale rounding (~1e-7 of |x|²) would scramble an uncentred ranking."""
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        centre = rng.standard_normal(768)
+        x = (centre / np.linalg.norm(centre) + spread * rng.standard_normal((1500, 768))).astype(np.float32)
+        w = rng.uniform(0.2, 1.0, x.shape[0])
+        members = np.arange(x.shape[0])
+        truth = int(np.argmin(weighted_distance_sums(x, members, members, w)))  # one float64 pass
+        assert medoids.exact_medoid(x, members, w, block=512) == truth
+
+
+def test_tiles_of_disjoint_index_ranges_skip_the_self_mask():
+    assert not medoids.may_share_rows(np.array([0, 3]), np.array([4, 9]))
+    assert medoids.may_share_rows(np.array([0, 5]), np.array([4, 9]))
+    assert medoids.may_share_rows(np.array([9, 2]), np.array([7]))  # unsorted: by range
