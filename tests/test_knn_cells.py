@@ -222,3 +222,21 @@ def test_probes_grow_with_k():
     assert knn_cells.probe_count(32) == knn_cells.PROBE_CELLS
     big = knn_cells.probe_count(2000)
     assert big * knn_cells.CELL_ROWS >= 8 * 2001
+
+
+@pytest.mark.parametrize("p", [1, 2, 16, 40])
+@pytest.mark.parametrize("c", [30, 300, 1505])
+def test_top_columns_equal_a_stable_sort_of_every_column(p, c):
+    """The threshold from column groups' maxima never drops one of the p largest; ties
+    (repeated values, as a repeated centroid gives) go to the smaller column."""
+    rng = np.random.default_rng(c + p)
+    cos = rng.standard_normal((500, c)).astype(np.float32)
+    cos[:, c // 2] = cos[:, 3]  # a repeated centroid: equal cosines in two columns
+    cos[::7] = np.round(cos[::7], 1)  # rows with many ties
+    cos[5, :] = 0.25  # a row of one value
+    if p > c:
+        return
+    ids, values = knn_cells.top_columns(cos, p)
+    order = np.argsort(-cos, axis=1, kind="stable")[:, :p]
+    np.testing.assert_array_equal(ids, order)
+    np.testing.assert_array_equal(values, np.take_along_axis(cos, order, axis=1))

@@ -55,6 +55,7 @@ TILE_ENTRIES = 1 << 23  # query rows x (candidates + 2 (k + 1)) per block (8M: 3
 QUERY_ROWS = 8192  # query rows gathered per block, at most (25 MB at 768-d)
 ROW_CHUNKS = 4  # fixed row ranges the threads share out (at most 4 threads; 16 chunks' smaller GEMMs took 20.1 s against 15.4 s at 200k)
 ASSIGN_BLOCK = 16384
+COLUMN_GROUPS = 64  # groups of centroids whose maxima bound a row's p-th nearest (top_columns)
 COSINE_SLACK = 1e-4  # float32 GEMM cosines of 768-d unit rows: error well below this
 SEED = 0
 
@@ -138,8 +139,42 @@ def nearest_cells_with_cosines(x: np.ndarray, centroids: np.ndarray, p: int):
     out = np.empty((x.shape[0], p), np.int64)
     cos = np.empty((x.shape[0], p), np.float32)
     for s in range(0, x.shape[0], ASSIGN_BLOCK):
-        out[s:s + ASSIGN_BLOCK], cos[s:s + ASSIGN_BLOCK] = most_similar(x[s:s + ASSIGN_BLOCK] @ centroids.T, p)
+        out[s:s + ASSIGN_BLOCK], cos[s:s + ASSIGN_BLOCK] = top_columns(x[s:s + ASSIGN_BLOCK] @ centroids.T, p)
     return out, cos
+
+
+def top_columns(cos: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """Columns of the p largest entries of each row of ``cos`` ((r, c) float32, p <= c),
+    largest first, ties by ascending column: ((r, p) int64 columns, (r, p) their values).
+
+    p = 1 is an argmax. Otherwise only the entries at or above a threshold are sorted: the
+    p-th largest of a row's maxima over ``COLUMN_GROUPS`` groups of adjacent columns is at
+    most the row's p-th largest entry (those maxima are p distinct entries), and few more
+    than p entries reach it. 16 of 1,505 centroids for 16,384 rows: 0.19 s against 0.80 s
+    for a partial sort of every entry; an argmax for 1: 0.004 s against 0.38 s.
+    """
+    r, c = cos.shape
+    if p == 1:
+        top = np.argmax(cos, axis=1)[:, None]
+        return top, np.take_along_axis(cos, top, axis=1)
+    groups = max(COLUMN_GROUPS, 4 * p)
+    width = c // groups
+    if width < 2:  # few columns: sort them all
+        top = np.argsort(-cos, axis=1, kind="stable")[:, :p]
+        return top, np.take_along_axis(cos, top, axis=1)
+    maxima = cos[:, :groups * width].reshape(r, groups, width).max(axis=2)
+    if groups * width < c:  # the leftover columns make one more group
+        maxima = np.concatenate([maxima, cos[:, groups * width:].max(axis=1, keepdims=True)], axis=1)
+    threshold = np.partition(maxima, maxima.shape[1] - p, axis=1)[:, maxima.shape[1] - p]
+    row, col = np.nonzero(cos >= threshold[:, None])  # row-major: each row's columns ascending
+    count = np.bincount(row, minlength=r)
+    slot = np.arange(row.size) - (np.cumsum(count) - count)[row]
+    values = np.full((r, int(count.max())), -np.inf, cos.dtype)
+    columns = np.zeros(values.shape, np.int64)
+    values[row, slot] = cos[row, col]
+    columns[row, slot] = col
+    order = np.argsort(-values, axis=1, kind="stable")[:, :p]  # ties stay in column order
+    return np.take_along_axis(columns, order, axis=1), np.take_along_axis(values, order, axis=1)
 
 
 def partition(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
