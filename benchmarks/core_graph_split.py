@@ -38,11 +38,11 @@ def labels_from_graph(x, distinct, nb, core, params, base_k: int) -> tuple[np.nd
     entries = graph.nnz
     components, parts = csgraph.connected_components(graph, directed=False)
     seconds["graph"], t = time.perf_counter() - t, time.perf_counter()
-    graph, _ = component_joins.bridge_dense_fragments(x, graph, core, params.min_cluster_size)
+    links, _ = component_joins.bridge_dense_fragments(x, graph, core, params.min_cluster_size)
     seconds["bridges"], t = time.perf_counter() - t, time.perf_counter()
-    graph, _ = component_joins.join_components(x, graph, core, parts)
+    exits, _ = component_joins.join_components(x, core, parts, links)
     seconds["joins"], t = time.perf_counter() - t, time.perf_counter()
-    tree = knn_graph.graph_mst(graph)
+    tree = knn_graph.graph_mst(component_joins.with_edges(graph, links + exits))
     seconds["mst"], t = time.perf_counter() - t, time.perf_counter()
     labels, _ = knn_graph.labels_from_edges(knn_graph.spanning_edges(tree, distinct, core), params)
     seconds["tree"] = time.perf_counter() - t

@@ -316,3 +316,19 @@ def prim_total(weights: np.ndarray) -> float:
         done[j] = True
         best = np.minimum(best, weights[j])
     return total
+
+
+@pytest.mark.parametrize("spread", [1.0, 1e-3, 1e-6])
+def test_component_radius_bounds_every_member_distance_from_its_centre(spread):
+    """The float32 radius (with its slack) is never below a member's float64 distance from
+    the stored centre, wide or tight; the pair bounds rely on it."""
+    from gpu_cluster.backends import component_joins
+    rng = np.random.default_rng(3)
+    centre = rng.standard_normal(768)
+    x = (centre / np.linalg.norm(centre) + spread * rng.standard_normal((3000, 768)) / np.sqrt(768))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    groups = [np.arange(0, 1000), np.arange(1000, 3000)]
+    cent, radius, kappa = component_joins.summaries(x, groups, np.zeros(3000))
+    for c, g in enumerate(groups):
+        far = np.sqrt(((x[g].astype(np.float64) - cent[c]) ** 2).sum(axis=1)).max()
+        assert far <= radius[c] <= far * (1 + 1e-4) + 1e-6

@@ -78,35 +78,44 @@ class Exit:
             self.i, self.j, self.w = int(i), int(j), float(w)
 
 
-def join_components(x: np.ndarray, graph: sp.csr_matrix, core: np.ndarray,
-                    parts: np.ndarray | None = None):
-    """Add exact lightest exit edges until ``graph`` is connected (Borůvka rounds).
+def join_components(x: np.ndarray, core: np.ndarray, parts: np.ndarray, links: list = ()):
+    """Exact lightest exit edges that connect a k-NN graph (Borůvka rounds).
 
-    x: (m, d) float32 unit rows; graph: (m, m) CSR of mutual-reachability weights, read
-    as undirected; core: (m,) float64 core distances; parts: (m,) int labels of a finer
-    partition, each part inside one component of ``graph`` (the k-NN graph's components
-    before the bridges linked some of them), default the components themselves. Each
-    component's exit is searched from its parts: two compact groups linked by a bridge
-    make one long component whose centroid lies between them, and the bounds of the
-    parts are much tighter than its own. Returns (graph, details) where details counts
-    components, parts, rounds, pair searches, rows scanned and seconds.
+    x: (m, d) float32 unit rows; core: (m,) float64 core distances; parts: (m,) int
+    labels of the graph's connected components; links: exits already joining some parts
+    (the dense fragments' bridges), so the components to join are the parts they link.
+    Each component's exit is searched from its parts: two compact groups linked by a
+    bridge make one long component whose centroid lies between them, and the bounds of
+    the parts are much tighter than its own. Returns (exits, details) where details
+    counts components, parts, rounds, pair searches, rows scanned and seconds; the graph
+    with ``links`` and the exits added (``with_edges``) is connected.
     """
     start = time.perf_counter()
-    n_comp, comp = csgraph.connected_components(graph, directed=False)
+    parts = np.unique(parts, return_inverse=True)[1].ravel()
+    n_parts = int(parts.max()) + 1 if parts.size else 0
+    n_comp, linked = linked_parts(parts, n_parts, links)
+    comp = linked[parts]
     details = {"components": int(n_comp), "rounds": 0, "pair_searches": 0, "full_pass_rows": 0}
+    exits = []
     if n_comp > 1:
-        parts = comp if parts is None else np.unique(parts, return_inverse=True)[1].ravel()
-        n_parts = int(parts.max()) + 1
         if n_parts > MAX_PARTS > n_comp:  # the pair bounds are parts² x 12 bytes
-            parts, n_parts = comp, n_comp
-        owner = np.empty(n_parts, np.int64)
-        owner[parts] = comp  # the component each part lies in
+            parts, n_parts, linked = comp, n_comp, np.arange(n_comp)
         details["parts"] = n_parts
         pairs = PairSearch(x, core, parts, n_parts, details)
-        exits = boruvka(pairs, owner, details)
-        graph = with_edges(graph, exits)
+        exits = boruvka(pairs, linked, details)
     details["seconds"] = round(time.perf_counter() - start, 3)
-    return graph, details
+    return exits, details
+
+
+def linked_parts(parts: np.ndarray, n_parts: int, links: list) -> tuple[int, np.ndarray]:
+    """(number of components, (n_parts,) int64 component of each part) once the edges
+    ``links`` (exits between rows) join parts, ``parts`` (m,) labelling each row's part."""
+    if not links:
+        return n_parts, np.arange(n_parts)
+    ends = np.array([(parts[e.i], parts[e.j]) for e in links], np.int64)
+    joined = sp.csr_matrix((np.ones(len(links)), (ends[:, 0], ends[:, 1])), shape=(n_parts, n_parts))
+    n_comp, comp = csgraph.connected_components(joined, directed=False)
+    return int(n_comp), comp.astype(np.int64)
 
 
 def bridge_dense_fragments(x, graph, core, min_size: int):
@@ -118,7 +127,7 @@ def bridge_dense_fragments(x, graph, core, min_size: int):
     between them. Fragments are the components of the edges no heavier than
     ``FRAGMENT_RATIO`` times the smaller core distance of their ends (regions of even
     density); each fragment of at least ``min_size`` rows gets its exact lightest edge to
-    another such fragment. Returns (graph, details).
+    another such fragment. Returns (exits, details): the edges, weights in float64.
     """
     start = time.perf_counter()
     coo = graph.tocoo()
@@ -130,16 +139,17 @@ def bridge_dense_fragments(x, graph, core, min_size: int):
     big = np.flatnonzero(sizes >= min_size)
     big = big[np.argsort(-sizes[big], kind="stable")][:MAX_FRAGMENTS]
     details = {"fragments": int(big.size), "pair_searches": 0, "full_pass_rows": 0}
+    exits = []
     if big.size >= 2:
         relabel = np.full(sizes.size, -1)
         relabel[big] = np.arange(big.size)
         pairs = PairSearch(x, core, relabel[frag], big.size, details)
         owner = np.arange(big.size)
         budget = max(BRIDGE_MIN_EXIT_PAIRS, min(EXIT_BUDGET_PAIRS, BRIDGE_BUDGET_PAIRS // big.size))
-        exits = [lightest_exit(pairs, owner, s, budget) for s in range(big.size)]
-        graph = with_edges(graph, [refine(x, core, e) for e in exits if e.i >= 0])
+        found = [lightest_exit(pairs, owner, s, budget) for s in range(big.size)]
+        exits = [refine(x, core, e) for e in found if e.i >= 0]
     details["seconds"] = round(time.perf_counter() - start, 3)
-    return graph, details
+    return exits, details
 
 
 def with_edges(graph: sp.csr_matrix, exits: list) -> sp.csr_matrix:
@@ -329,21 +339,32 @@ class PairSearch:
 
 
 def centroid(x, rows) -> np.ndarray:
-    """(d,) float64 mean of x[rows], summed in blocks (no copy of all the rows)."""
-    return sum(x[rows[s:s + COLUMN_BLOCK]].sum(axis=0, dtype=np.float64)
-               for s in range(0, rows.size, COLUMN_BLOCK)) / rows.size
+    """(d,) float64 mean of x[rows]: each block of rows summed by a float32 GEMV (no copy
+    of all the rows), the blocks' sums added in float64."""
+    total = np.zeros(x.shape[1])
+    for s in range(0, rows.size, COLUMN_BLOCK):
+        block = x[rows[s:s + COLUMN_BLOCK]]
+        total += np.ones(block.shape[0], x.dtype) @ block
+    return total / rows.size
 
 
 def summaries(x, groups, core):
-    """Per component: centroid (c, d) float64, radius (c,) and smallest core distance (c,)."""
+    """Per component: centre (c, d) float64, radius (c,) and smallest core distance (c,).
+
+    The centre is the centroid rounded to float32, and the radius (the largest member
+    distance from it) is computed in float32 from the members' differences with it,
+    exactly representable there: relative error ~1e-6 (768 squares summed), which the
+    slack covers. 770k 768-d rows in 300 components: 2.6 s -> 1.4 s against float64."""
     cent = np.empty((len(groups), x.shape[1]))
     radius = np.empty(len(groups))
     for c, g in enumerate(groups):
-        cent[c] = centroid(x, g)
-        radius[c] = max(np.sqrt(((x[g[s:s + COLUMN_BLOCK]] - cent[c]) ** 2).sum(axis=1).max())
-                        for s in range(0, g.size, COLUMN_BLOCK))
+        centre = centroid(x, g).astype(np.float32)
+        cent[c] = centre
+        radius[c] = max(float(np.sqrt(np.einsum("ij,ij->i", diff, diff).max()))
+                        for diff in (x[g[s:s + COLUMN_BLOCK]] - centre
+                                     for s in range(0, g.size, COLUMN_BLOCK)))
     kappa = np.array([core[g].min() for g in groups])
-    return cent, radius * (1 + 1e-6) + 1e-7, kappa  # slack for float32 rounding
+    return cent, radius * (1 + 1e-5) + 1e-7, kappa  # slack for float32 rounding
 
 
 def project(x, rows, u) -> np.ndarray:

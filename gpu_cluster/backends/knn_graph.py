@@ -178,12 +178,12 @@ def knn_graph_mst(xd: np.ndarray, counts: np.ndarray, params: HdbscanParams, sec
     graph = reachability_graph(nb, core)
     n_components, parts = csgraph.connected_components(graph, directed=False)
     seconds["graph"], t = time.perf_counter() - t, time.perf_counter()
-    graph, bridges = component_joins.bridge_dense_fragments(x_index, graph, core,
+    links, bridges = component_joins.bridge_dense_fragments(x_index, graph, core,
                                                             params.min_cluster_size)
     seconds["bridges"], t = time.perf_counter() - t, time.perf_counter()
-    graph, joins = component_joins.join_components(x_index, graph, core, parts)
+    exits, joins = component_joins.join_components(x_index, core, parts, links)
     seconds["joins"], t = time.perf_counter() - t, time.perf_counter()
-    tree = graph_mst(graph)
+    tree = graph_mst(component_joins.with_edges(graph, links + exits))
     seconds["mst"] = time.perf_counter() - t
     return tree, core, {"mst": "k-NN graph + exact component joins", "knn": nb.method,
                         "k": nb.indices.shape[1], "bridges": bridges, "joins": joins,
