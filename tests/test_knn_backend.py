@@ -3,6 +3,7 @@ tiny inputs, approximate search, and the min_samples cap."""
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score
 
 from gpu_cluster.backends import knn_search as knn
@@ -242,6 +243,25 @@ def test_reachability_graph_keeps_near_edges_and_far_edges_that_can_be_in_the_tr
     assert n_ours == n_all and adjusted_rand_score(comp_all, comp_ours) == 1.0
     assert csgraph.minimum_spanning_tree(graph).sum() == pytest.approx(
         csgraph.minimum_spanning_tree(everything).sum(), rel=1e-12)
+    # The spine (the near edges' forest and the kept far edges) has the same components
+    # and spanning-tree weight with far fewer edges, each pair stored once.
+    same_graph, spine = knn_graph.reachability_graphs(nb, core, base_k=base_k)
+    np.testing.assert_array_equal(same_graph.toarray(), expected)
+    n_spine, comp_spine = csgraph.connected_components(spine, directed=False)
+    assert n_spine == n_all and adjusted_rand_score(comp_all, comp_spine) == 1.0
+    assert spine.nnz < graph.astype(bool).sum() and spine.nnz <= 89 + kept
+    assert csgraph.minimum_spanning_tree(spine).sum() == pytest.approx(
+        csgraph.minimum_spanning_tree(everything).sum(), rel=1e-12)
+    assert (sp.triu(spine, k=1) != spine).nnz == 0  # stored as (min, max)
+
+
+def test_lightest_of_each_pair_keeps_one_entry_per_unordered_pair():
+    i, j = np.array([0, 2, 1, 2, 3]), np.array([2, 0, 3, 0, 1])
+    w = np.array([0.5, 0.3, 0.7, 0.4, 0.6])
+    g = knn_graph.lightest_of_each_pair(i, j, w, 4).toarray()
+    expected = np.zeros((4, 4))
+    expected[0, 2], expected[1, 3] = 0.3, 0.6
+    np.testing.assert_array_equal(g, expected)
 
 
 def test_forest_minimax_is_the_heaviest_edge_on_the_path():
